@@ -1,0 +1,291 @@
+"""The control API: HTTP/JSON on the daemon's Unix socket (``curl --unix-socket`` works).
+
+    GET  /v1/health              liveness
+    GET  /v1/status              accounts, queue depths, token states, totals
+    POST /v1/jobs                submit a post (201 created, 200 same job again, 409 conflict)
+    GET  /v1/jobs                list (?state=&account=&limit=)
+    GET  /v1/jobs/{id}           one job with its timeline and attempts
+    POST /v1/jobs/{id}/cancel    cancel a job that has not reached TikTok yet
+
+Every error is ``{"error": {"code", "message"}}`` with a fitting HTTP status. Responses are
+built from snapshots and rows only; secrets (tokens, upload URLs) are never serialised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .clock import ClockLike
+from .config import Config
+from .errors import ApiError
+from .httpd import Request, Response
+from .intake import build_job, parse_submission, spool_video
+from .jobs import TERMINAL, Job, JobState
+from .logs import fields
+from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome
+
+log = logging.getLogger(__name__)
+
+_JOB_PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{1,64})(/cancel)?$")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "account": job.account_id,
+        "state": job.state.value,
+        "mode": job.mode.value,
+        "source": job.source.value,
+        "caption": job.caption,
+        "privacy_level": job.privacy_level,
+        "video_path": job.video_path,
+        "video_url": job.video_url,
+        "video_size": job.video_size,
+        "content_sha256": job.content_sha256,
+        "idempotency_key": job.idempotency_key,
+        "options": {k: v for k, v in job.options.items() if k != "creator_username"},
+        "lane": job.lane,
+        "attempts": job.attempt_count,
+        "not_before": iso(job.not_before),
+        "publish_id": job.publish_id,
+        "uploaded_bytes": job.uploaded_bytes,
+        "post_ids": list(job.post_ids),
+        "post_url": job.post_url,
+        "error": (
+            {"code": job.error_code, "message": job.error_message} if job.error_code else None
+        ),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "action": event.action,
+        "from": event.from_state,
+        "to": event.to_state,
+        "detail": event.detail,
+    }
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    raw: Any = attempt.raw
+    if raw:
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            pass
+    return {
+        "step": attempt.step,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "outcome": attempt.outcome,
+        "http_status": attempt.http_status,
+        "error_code": attempt.error_code,
+        "error_message": attempt.error_message,
+        "log_id": attempt.log_id,
+        "raw_response": raw,
+    }
+
+
+class ControlApi:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: Config,
+        clock: ClockLike,
+        spool_dir: Path,
+        on_submitted: Callable[[str], None],
+        live: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._clock = clock
+        self._spool = spool_dir
+        self._on_submitted = on_submitted
+        self._live = live
+        self.accepting = True
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except ApiError as exc:
+            return Response.error(exc.status, exc.code, exc.message)
+
+    async def _route(self, req: Request) -> Response:
+        if req.path == "/v1/health" and req.method == "GET":
+            return Response.json(200, {"ok": True, "version": __version__})
+        if req.path == "/v1/status" and req.method == "GET":
+            return Response.json(200, await self.status())
+        if req.path == "/v1/jobs":
+            if req.method == "POST":
+                return await self._submit(req)
+            if req.method == "GET":
+                return await self._list(req)
+            raise ApiError("method_not_allowed", f"{req.method} /v1/jobs", status=405)
+        match = _JOB_PATH.match(req.path)
+        if match:
+            job_id, cancel = match.groups()
+            if cancel and req.method == "POST":
+                return await self._cancel(job_id)
+            if not cancel and req.method == "GET":
+                return await self._show(job_id)
+            raise ApiError("method_not_allowed", f"{req.method} {req.path}", status=405)
+        raise ApiError("not_found", f"no such endpoint: {req.method} {req.path}", status=404)
+
+    async def _submit(self, req: Request) -> Response:
+        if not self.accepting:
+            raise ApiError(
+                "shutting_down", "the daemon is stopping; submit again later", status=503
+            )
+        try:
+            body = req.json()
+        except ValueError as exc:
+            raise ApiError("invalid_json", f"the body is not JSON: {exc}", status=400) from None
+        sub = parse_submission(body)
+        account = self._config.account(sub.account)
+        if account is None or not account.enabled:
+            raise ApiError(
+                "unknown_account",
+                f"no enabled account {sub.account!r} in {self._config.path}",
+                status=404,
+            )
+        spooled = None
+        if sub.video_path is not None:
+            spooled = await anyio.to_thread.run_sync(spool_video, sub.video_path, self._spool)
+        job, fingerprint = build_job(sub, now=self._clock.now(), spooled=spooled)
+        outcome, stored = await self._store.submit(job, fingerprint)
+        if outcome == SubmitOutcome.CONFLICT:
+            raise ApiError(
+                "idempotency_conflict",
+                f"idempotency key already used by job {stored.id} for a different post",
+                status=409,
+            )
+        if outcome == SubmitOutcome.CREATED:
+            log.info(
+                "accepted %s for %s",
+                stored.id,
+                stored.account_id,
+                extra=fields("job.submitted", job=stored.id, account=stored.account_id),
+            )
+            self._on_submitted(stored.account_id)
+        status = 201 if outcome == SubmitOutcome.CREATED else 200
+        return Response.json(status, {"job": job_json(stored), "created": status == 201})
+
+    async def _list(self, req: Request) -> Response:
+        state = req.query.get("state")
+        if state and state not in {s.value for s in JobState}:
+            raise ApiError("invalid_request", f"state: unknown state {state!r}", status=400)
+        try:
+            limit = int(req.query.get("limit", "100"))
+        except ValueError:
+            raise ApiError("invalid_request", "limit: must be a whole number", status=400) from None
+        if not 1 <= limit <= 10_000:
+            raise ApiError("invalid_request", "limit: must be between 1 and 10000", status=400)
+        jobs = await self._store.list_jobs(
+            state=state, account=req.query.get("account"), limit=limit
+        )
+        return Response.json(200, {"jobs": [job_json(j) for j in jobs]})
+
+    async def _show(self, job_id: str) -> Response:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise ApiError("job_not_found", f"no job {job_id}", status=404)
+        events, attempts = await self._store.timeline(job_id)
+        return Response.json(
+            200,
+            {
+                "job": job_json(job),
+                "timeline": [event_json(e) for e in events],
+                "attempts": [attempt_json(a) for a in attempts],
+            },
+        )
+
+    async def _cancel(self, job_id: str) -> Response:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise ApiError("job_not_found", f"no job {job_id}", status=404)
+        now = self._clock.now()
+        try:
+            # Only before anything reached TikTok: afterwards a cancel cannot unpost a video.
+            job = await self._store.transition(
+                job_id,
+                expect=[JobState.QUEUED, JobState.RETRY_WAIT],
+                to=JobState.CANCELLED,
+                now=now,
+                action="job.cancelled",
+                finished_at=now,
+            )
+        except StaleTransition:
+            raise ApiError(
+                "not_cancellable",
+                f"job {job_id} is {job.state.value}; only queued jobs can be cancelled",
+                status=409,
+            ) from None
+        return Response.json(200, {"job": job_json(job)})
+
+    async def status(self) -> dict[str, Any]:
+        counts = await self._store.counts()
+        tokens = {t.account_id: t for t in await self._store.all_tokens()}
+        now = self._clock.now()
+        live = self._live()
+        accounts = []
+        totals: dict[str, int] = {}
+        for acct in self._config.accounts:
+            by_state = counts.get(acct.id, {})
+            token = tokens.get(acct.id)
+            accounts.append(
+                {
+                    "id": acct.id,
+                    "display_name": acct.display_name,
+                    "enabled": acct.enabled,
+                    "region": acct.region,
+                    "tags": list(acct.tags),
+                    "token": {
+                        "state": token.state if token else "missing",
+                        "expires_in": (
+                            round(token.access_expires_at - now)
+                            if token and token.access_expires_at
+                            else None
+                        ),
+                    },
+                    "current_job": live.get("current_jobs", {}).get(acct.id),
+                    "jobs": by_state,
+                }
+            )
+        for acct_counts in counts.values():
+            for state, n in acct_counts.items():
+                totals[state] = totals.get(state, 0) + n
+        unknown = sorted(set(counts) - {a.id for a in self._config.accounts})
+        return {
+            "daemon": {
+                "version": __version__,
+                "pid": live.get("pid"),
+                "started_at": iso(live.get("started_at")),
+                "now": iso(now),
+                "accepting": self.accepting,
+                "config": str(self._config.path),
+            },
+            "accounts": accounts,
+            "unconfigured_accounts_with_jobs": unknown,
+            "totals": totals,
+            "open": sum(n for s, n in totals.items() if JobState(s) not in TERMINAL),
+        }

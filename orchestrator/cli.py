@@ -1,0 +1,233 @@
+"""The ``orchestrator`` command. ``main(argv) -> int`` is testable without a subprocess.
+
+Exit codes: 0 success; 1 the daemon refused or failed; 2 usage; 69 the daemon is not
+reachable (EX_UNAVAILABLE); 78 the configuration is invalid (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .client import DaemonClient, DaemonUnreachable, RequestRefused, find_socket
+from .config import load_config
+from .errors import ConfigError, OrchestratorError
+from .render import job_view, jobs_view, status_view
+
+EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 2, 69, 78
+TERMINAL = {"published", "dead", "cancelled", "uncertain", "review"}
+
+log = logging.getLogger(__name__)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _client(args: argparse.Namespace) -> DaemonClient:
+    return DaemonClient(find_socket(args.socket, args.config))
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .daemon import Daemon
+    from .logs import configure
+
+    config = load_config(args.config)
+    configure(config.daemon.log_level)
+    os.umask(0o077)
+    anyio.run(Daemon(config).run, backend="asyncio")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    config.tiktok.client_secret()
+    print(f"{config.path}: ok ({len(config.accounts)} accounts)")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import main as sandbox_main
+
+    return sandbox_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {"account": args.account, "caption": args.caption}
+    if args.video:
+        path = Path(args.video).expanduser().resolve()
+        # Refuse early and clearly; the daemon checks again, since it is the one that reads it.
+        if not path.is_file():
+            print(f"orchestrator: {args.video}: no such file", file=sys.stderr)
+            return 1
+        if not os.access(path, os.R_OK):
+            print(f"orchestrator: {args.video}: not readable", file=sys.stderr)
+            return 1
+        payload["video_path"] = str(path)
+    else:
+        payload["video_url"] = args.url
+    for key in ("privacy_level", "mode", "idempotency_key", "not_before"):
+        if getattr(args, key) is not None:
+            payload[key] = getattr(args, key)
+    for flag in ("disable_comment", "disable_duet", "disable_stitch", "is_aigc"):
+        if getattr(args, flag):
+            payload[flag] = True
+    with _client(args) as client:
+        created, job = client.submit(payload)
+        if args.json:
+            _print_json({"created": created, "job": job})
+        else:
+            verb = "submitted" if created else "already submitted as"
+            print(f"{verb} {job['id']} ({job['state']})")
+        if args.wait:
+            return _wait(client, job["id"], quiet=args.json)
+    return 0
+
+
+def _wait(client: DaemonClient, job_id: str, *, quiet: bool) -> int:
+    last = None
+    while True:
+        job = client.job(job_id)["job"]
+        if job["state"] != last and not quiet:
+            progress = ""
+            if job["state"] == "uploading" and job["video_size"]:
+                progress = f" {100 * job['uploaded_bytes'] // job['video_size']}%"
+            print(f"  {job['id']}: {job['state']}{progress}", flush=True)
+        last = job["state"]
+        if job["state"] in TERMINAL:
+            return 0 if job["state"] == "published" else 1
+        time.sleep(0.5)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = client.jobs(state=args.state, account=args.account, limit=args.limit)
+    _print_json(jobs) if args.json else print(jobs_view(jobs))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        detail = client.job(args.id)
+    _print_json(detail) if args.json else print(job_view(detail))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.id)
+    print(f"cancelled {job['id']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status()
+    _print_json(status) if args.json else print(status_view(status))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Post videos to many TikTok accounts, durably.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str, *, client: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        if client:
+            p.add_argument("--socket", help="the daemon's control socket")
+            p.add_argument("--config", help="find the socket through this accounts file")
+        return p
+
+    p = command("run", cmd_run, "run the daemon in the foreground", client=False)
+    p.add_argument("--config", required=True, help="the accounts TOML file")
+    p = command("check-config", cmd_check_config, "validate an accounts file", client=False)
+    p.add_argument("file")
+    p = command("sandbox", cmd_sandbox, "run the fake TikTok API (see --help)", client=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="sandbox options (try: -- --help)")
+    p = command("demo", cmd_demo, "sandbox + daemon + a few posts + the status table", client=False)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    p = command("submit", cmd_submit, "submit a post")
+    p.add_argument("--account", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="a video file (copied into the daemon's spool)")
+    src.add_argument("--url", help="an https URL on a verified domain (PULL_FROM_URL)")
+    p.add_argument("--caption", default="")
+    p.add_argument(
+        "--privacy",
+        dest="privacy_level",
+        choices=("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"),
+    )
+    p.add_argument("--mode", choices=("direct", "inbox"))
+    p.add_argument("--key", dest="idempotency_key", help="idempotency key")
+    p.add_argument("--not-before", help="ISO 8601 time (with zone) or Unix time")
+    for flag in ("disable-comment", "disable-duet", "disable-stitch", "is-aigc"):
+        p.add_argument(f"--{flag}", action="store_true")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    p.add_argument("--json", action="store_true")
+
+    p = command("jobs", cmd_jobs, "list jobs")
+    p.add_argument("--state")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p = command("job", cmd_job, "show one job with its timeline")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p = command("cancel", cmd_cancel, "cancel a job that has not reached TikTok")
+    p.add_argument("id")
+    p = command("status", cmd_status, "accounts, queues and totals")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"orchestrator: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    except DaemonUnreachable as exc:
+        print(f"orchestrator: {exc.message}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except RequestRefused as exc:
+        print(f"orchestrator: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Wiring and lifecycle: the one place that builds the daemon out of its parts.
+
+Start-up order matters: the store is opened and crash leftovers are settled before anything
+talks to TikTok; tokens are imported; only then do the shards, the poller and the control
+socket start. Signal handlers only flip state: SIGTERM/SIGINT stop intake and cancel the
+task group; every write is a short shielded transaction, so cancellation at any await
+leaves the store consistent and the next start resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+
+from . import __version__
+from .api import ControlApi
+from .clock import Clock, ClockLike
+from .config import Config
+from .errors import DaemonAlreadyRunning, TokenError
+from .httpd import serve_unix
+from .limits import AccountBudgets
+from .logs import fields
+from .poller import Poller
+from .shard import Shard
+from .store import Store
+from .tiktok import TikTokClient
+from .tokens import TokenRegistry
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def hold_state_lock(state_dir: Path) -> Iterator[None]:
+    """One daemon per state directory, for the daemon's whole life.
+
+    A second daemon on the same database would "recover" the first one's in-flight jobs
+    (and could post them twice), so it must be refused before it opens the store.
+    """
+    path = state_dir / "daemon.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise DaemonAlreadyRunning(
+                f"another daemon (pid {holder}) is using the state directory {state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: ClockLike | None = None) -> None:
+        self.config = config
+        settings = config.daemon
+        self.clock = clock or Clock(scale=settings.time_scale, epoch=settings.clock_epoch)
+        self.started_at = time.time()
+        self.shards: dict[str, Shard] = {}
+        self._budgets: dict[str, AccountBudgets] = {}
+        self.api: ControlApi | None = None
+        self.poller: Poller | None = None
+        self._stop = anyio.Event()
+
+    def budgets(self, account_id: str) -> AccountBudgets:
+        if account_id not in self._budgets:
+            self._budgets[account_id] = AccountBudgets(self.clock)
+        return self._budgets[account_id]
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "current_jobs": {a: s.current_job for a, s in self.shards.items() if s.current_job},
+        }
+
+    def request_stop(self) -> None:
+        if self.api is not None:
+            self.api.accepting = False
+        self._stop.set()
+
+    def _submitted(self, account_id: str) -> None:
+        shard = self.shards.get(account_id)
+        if shard is not None:
+            shard.wake()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        settings = self.config.daemon
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret = self.config.tiktok.client_secret  # read now: a missing secret fails at start
+        secret()
+        with hold_state_lock(settings.state_dir):
+            await self._run_locked(task_status)
+
+    async def _run_locked(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        settings = self.config.daemon
+        secret = self.config.tiktok.client_secret
+        store = await Store.open(settings.state_dir / "orchestrator.db")
+        try:
+            moved = await store.recover(self.clock.now())
+            if any(moved.values()):
+                log.warning(
+                    "settled jobs left mid-flight by the last run: %s",
+                    moved,
+                    extra=fields("daemon.recovered", **moved),
+                )
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            async with httpx.AsyncClient(limits=limits, timeout=settings.request_timeout) as http:
+                client = TikTokClient(
+                    http,
+                    base_url=self.config.tiktok.base_url,
+                    client_key=self.config.tiktok.client_key,
+                    client_secret=secret,
+                    timeout=settings.request_timeout,
+                )
+                await self._serve(store, client, task_status)
+        finally:
+            await store.close()
+
+    async def _serve(
+        self, store: Store, client: TikTokClient, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        settings = self.config.daemon
+        tokens = TokenRegistry(store, client, self.clock)
+        for account in self.config.accounts:
+            if account.token_file is None:
+                continue
+            try:
+                await tokens.import_file(account.id, account.token_file)
+            except TokenError as exc:
+                log.error(
+                    "%s: %s",
+                    account.id,
+                    exc.message,
+                    extra=fields("token.import_failed", account=account.id),
+                )
+        self.poller = Poller(
+            store=store,
+            client=client,
+            tokens=tokens,
+            budgets=self.budgets,
+            clock=self.clock,
+            interval=settings.poll_interval,
+        )
+        for account in self.config.accounts:
+            if account.enabled:
+                self.shards[account.id] = Shard(
+                    account,
+                    store=store,
+                    client=client,
+                    tokens=tokens,
+                    budgets=self.budgets(account.id),
+                    clock=self.clock,
+                    chunk_size=settings.upload_chunk_size,
+                    on_processing=self.poller.wake,
+                )
+        self.api = ControlApi(
+            store=store,
+            config=self.config,
+            clock=self.clock,
+            spool_dir=settings.state_dir / "spool",
+            on_submitted=self._submitted,
+            live=self.statistics,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve_unix, settings.socket_path, self.api.handle)
+            for shard in self.shards.values():
+                tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
+            tg.start_soon(self.poller.run, name="poller")
+            tg.start_soon(self._signals, name="signals")
+            log.info(
+                "orchestrator %s ready: %d accounts, socket %s",
+                __version__,
+                len(self.shards),
+                settings.socket_path,
+                extra=fields("daemon.ready", accounts=len(self.shards), pid=os.getpid()),
+            )
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping", extra=fields("daemon.stopping"))
+            tg.cancel_scope.cancel()
+        settings.socket_path.unlink(missing_ok=True)
+        log.info("stopped", extra=fields("daemon.stopped"))
+
+    async def _signals(self) -> None:
+        # The daemon's one signal owner for its whole life (see shared/LIBRARIES.md).
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info(
+                    "received %s",
+                    signal.Signals(signum).name,
+                    extra=fields("daemon.signal", signal=signal.Signals(signum).name),
+                )
+                self.request_stop()

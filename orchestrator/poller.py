@@ -1,0 +1,183 @@
+"""Follows every accepted post to the end: PUBLISH_COMPLETE, FAILED, or still processing.
+
+Separate from the shards so an account's next job does not wait for TikTok's processing of
+the previous one. The schedule lives in the store (``next_poll_at``), so a restart resumes
+polling exactly where it was. Status calls share the account's per-token budget with its
+shard (30/min, shared/TIKTOK_API.md §3), and polls of one account never run concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import anyio
+
+from .clock import ClockLike
+from .errors import TikTokApiError, TikTokError, TokenError
+from .jobs import Job, JobState, Mode
+from .limits import AccountBudgets
+from .logs import fields
+from .shard import post_url
+from .store import StaleTransition, Store
+from .tiktok import PublishStatus, TikTokClient
+from .tokens import TokenRegistry
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+CONCURRENCY = 32
+DONE = {Mode.DIRECT: "PUBLISH_COMPLETE", Mode.INBOX: "SEND_TO_USER_INBOX"}
+
+
+def outcome_of(job: Job, status: PublishStatus) -> JobState | None:
+    """The state a status answer moves the job to, or None while TikTok is still working.
+
+    For an inbox upload, reaching the creator's inbox is the end of our part; the creator
+    finishes the post in the app.
+    """
+    if status.status == "FAILED":
+        return JobState.DEAD
+    if status.status == "PUBLISH_COMPLETE" or status.status == DONE[job.mode]:
+        return JobState.PUBLISHED
+    return None
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: TikTokClient,
+        tokens: TokenRegistry,
+        budgets: Callable[[str], AccountBudgets],
+        clock: ClockLike,
+        interval: float,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._tokens = tokens
+        self._budgets = budgets
+        self._clock = clock
+        self.interval = interval
+        self._wakeup = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(CONCURRENCY)
+        self._account_locks: dict[str, anyio.Lock] = {}
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wakeup = anyio.Event()
+            jobs = await self._store.due_polls(self._clock.now(), BATCH)
+            if jobs:
+                async with anyio.create_task_group() as tg:
+                    for job in jobs:
+                        tg.start_soon(self._poll_guarded, job)
+                continue
+            nxt = await self._store.next_poll_time()
+            wait = math.inf if nxt is None else max(0.0, nxt - self._clock.now())
+            with anyio.move_on_after(None if wait == math.inf else self._clock.real_seconds(wait)):
+                await self._wakeup.wait()
+
+    async def _poll_guarded(self, job: Job) -> None:
+        lock = self._account_locks.setdefault(job.account_id, anyio.Lock())
+        async with self._limiter, lock:
+            try:
+                await self.poll(job)
+            except StaleTransition:
+                pass  # moved by someone else (a cancel, or a second poll of the same job)
+
+    async def poll(self, job: Job) -> JobState | None:
+        assert job.publish_id
+        await self._budgets(job.account_id).acquire("status")
+        try:
+            token = await self._tokens.access_token(job.account_id)
+            try:
+                status = await self._client.fetch_status(token, job.publish_id)
+            except TikTokApiError as exc:
+                if exc.code != "access_token_invalid":
+                    raise
+                await self._tokens.refresh(job.account_id, stale=token)
+                token = await self._tokens.access_token(job.account_id)
+                status = await self._client.fetch_status(token, job.publish_id)
+        except (TikTokError, TokenError) as exc:
+            await self._poll_failed(job, exc)
+            return None
+        now = self._clock.now()
+        to = outcome_of(job, status)
+        if to is None:
+            await self._store.checkpoint(job.id, now, next_poll_at=now + self.interval)
+            return None
+        if to is JobState.PUBLISHED:
+            await self._store.transition(
+                job.id,
+                expect=[JobState.PROCESSING],
+                to=to,
+                now=now,
+                action="job.published",
+                detail={"status": status.status, "post_ids": list(status.post_ids)},
+                post_ids=status.post_ids,
+                post_url=post_url(job.options.get("creator_username"), status.post_ids),
+                finished_at=now,
+                next_poll_at=None,
+            )
+            log.info(
+                "published %s",
+                job.id,
+                extra=fields(
+                    "job.published", job=job.id, account=job.account_id, publish_id=job.publish_id
+                ),
+            )
+        else:
+            reason = status.fail_reason or "unknown"
+            await self._store.transition(
+                job.id,
+                expect=[JobState.PROCESSING],
+                to=to,
+                now=now,
+                action="job.dead",
+                detail={"status": status.status, "fail_reason": reason},
+                error_code=reason,
+                error_message=f"TikTok could not publish the video: {reason}",
+                finished_at=now,
+                next_poll_at=None,
+            )
+            log.warning(
+                "TikTok failed %s: %s",
+                job.id,
+                reason,
+                extra=fields(
+                    "job.dead",
+                    job=job.id,
+                    account=job.account_id,
+                    publish_id=job.publish_id,
+                    code=reason,
+                ),
+            )
+        return to
+
+    async def _poll_failed(self, job: Job, exc: TikTokError | TokenError) -> None:
+        """A failed status call says nothing about the post: record it and ask again later."""
+        now = self._clock.now()
+        if isinstance(exc, TikTokError):
+            attempt = await self._store.begin_attempt(
+                job_id=job.id, account_id=job.account_id, step="status", now=now
+            )
+            await self._store.end_attempt(attempt, now=now, error=exc)
+        delay = max(self.interval, getattr(exc, "retry_after", None) or 0.0)
+        await self._store.checkpoint(job.id, now, next_poll_at=now + delay)
+        log.warning(
+            "status of %s could not be read: %s",
+            job.id,
+            exc.message,
+            extra=fields(
+                "job.poll_failed",
+                job=job.id,
+                account=job.account_id,
+                publish_id=job.publish_id,
+                code=getattr(exc, "code", None),
+            ),
+        )

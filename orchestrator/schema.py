@@ -1,0 +1,92 @@
+"""The database schema, as numbered migrations. Append only: never edit a released step.
+
+``PRAGMA user_version`` holds the number of the last step applied; each step runs in its own
+transaction together with the bump of that number, so a crash mid-migration leaves the
+database at the previous version, never in between.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, their attempts and timeline, tokens.
+    """
+    CREATE TABLE jobs (
+        id                TEXT PRIMARY KEY,
+        idempotency_key   TEXT NOT NULL UNIQUE,
+        payload_sha256    TEXT NOT NULL,
+        account_id        TEXT NOT NULL,
+        mode              TEXT NOT NULL,
+        source            TEXT NOT NULL,
+        video_path        TEXT,
+        video_url         TEXT,
+        video_size        INTEGER,
+        content_sha256    TEXT NOT NULL,
+        caption           TEXT NOT NULL,
+        privacy_level     TEXT,
+        options           TEXT NOT NULL DEFAULT '{}',
+        lane              TEXT NOT NULL DEFAULT 'new',
+        state             TEXT NOT NULL,
+        not_before        REAL NOT NULL,
+        attempt_count     INTEGER NOT NULL DEFAULT 0,
+        publish_id        TEXT,
+        upload_url        TEXT,
+        upload_expires_at REAL,
+        chunk_size        INTEGER,
+        chunk_count       INTEGER,
+        uploaded_bytes    INTEGER NOT NULL DEFAULT 0,
+        init_sent_at      REAL,
+        next_poll_at      REAL,
+        post_ids          TEXT NOT NULL DEFAULT '[]',
+        post_url          TEXT,
+        error_code        TEXT,
+        error_message     TEXT,
+        created_at        REAL NOT NULL,
+        updated_at        REAL NOT NULL,
+        finished_at       REAL
+    );
+    CREATE INDEX jobs_by_account ON jobs (account_id, state, lane, not_before);
+    CREATE INDEX jobs_by_state ON jobs (state, next_poll_at);
+    CREATE UNIQUE INDEX jobs_by_publish_id ON jobs (publish_id) WHERE publish_id IS NOT NULL;
+
+    CREATE TABLE attempts (
+        id             INTEGER PRIMARY KEY,
+        job_id         TEXT,
+        account_id     TEXT NOT NULL,
+        step           TEXT NOT NULL,
+        started_at     REAL NOT NULL,
+        finished_at    REAL,
+        outcome        TEXT,
+        http_status    INTEGER,
+        error_code     TEXT,
+        error_message  TEXT,
+        log_id         TEXT,
+        raw            TEXT
+    );
+    CREATE INDEX attempts_by_job ON attempts (job_id, id);
+
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL,
+        at          REAL NOT NULL,
+        from_state  TEXT,
+        to_state    TEXT,
+        action      TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_by_job ON events (job_id, id);
+
+    CREATE TABLE tokens (
+        account_id          TEXT PRIMARY KEY,
+        open_id             TEXT,
+        access_token        TEXT,
+        access_expires_at   REAL,
+        refresh_token       TEXT,
+        refresh_expires_at  REAL,
+        scopes              TEXT NOT NULL DEFAULT '',
+        state               TEXT NOT NULL DEFAULT 'valid',
+        imported_sha256     TEXT,
+        last_error          TEXT,
+        updated_at          REAL NOT NULL
+    );
+    """,
+)

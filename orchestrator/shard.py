@@ -1,0 +1,468 @@
+"""One account's worker: takes its next due job and carries it to TikTok, one job at a time.
+
+    creator_info ─► (intent: init_sent_at) ─► init ─► (publish_id) ─► chunked upload ─► poller
+
+Every call to TikTok is preceded by a durable write of what is about to happen and followed
+by a durable write of what came back, so a crash at any instant leaves the store saying
+exactly how far the job got. The one window that cannot be closed is between TikTok acting
+on an init and our hearing the answer; a job caught in it becomes ``uncertain`` and is never
+re-posted automatically (see ``Store.recover``).
+
+Once the upload is complete (or a pull has started) the post belongs to the poller and the
+shard moves on to the account's next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from .clock import ClockLike
+from .config import AccountSettings
+from .errors import (
+    NeedsReauth,
+    TikTokApiError,
+    TikTokError,
+    TikTokTransportError,
+    TokenError,
+)
+from .jobs import (
+    SCOPE_FOR_MODE,
+    ChunkPlan,
+    Job,
+    JobState,
+    Mode,
+    Source,
+    chunk_index_at,
+    plan_chunks,
+)
+from .limits import AccountBudgets
+from .logs import fields
+from .store import StaleTransition, Store
+from .tiktok import TikTokClient
+from .tokens import TokenRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+UPLOAD_URL_LIFETIME = 3600.0  # shared/TIKTOK_API.md §1.5
+CHUNK_TRIES = 5
+TOKEN_WAIT = 300.0  # how long a job waits before trying again when its account has no token
+CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm"}
+
+
+class JobFailed(Exception):
+    """Internal: end the current job in ``to`` with this error; not an OrchestratorError."""
+
+    def __init__(self, to: JobState, code: str, message: str, raw: str | None = None) -> None:
+        super().__init__(message)
+        self.to = to
+        self.code = code
+        self.message = message
+        self.raw = raw
+
+
+def content_type_for(path: str) -> str:
+    return CONTENT_TYPES.get(Path(path).suffix.lower(), "video/mp4")
+
+
+def post_url(username: str | None, post_ids: tuple[str, ...]) -> str | None:
+    if username and post_ids:
+        return f"https://www.tiktok.com/@{username}/video/{post_ids[0]}"
+    return None
+
+
+class Shard:
+    def __init__(
+        self,
+        account: AccountSettings,
+        *,
+        store: Store,
+        client: TikTokClient,
+        tokens: TokenRegistry,
+        budgets: AccountBudgets,
+        clock: ClockLike,
+        chunk_size: int,
+        on_processing: Callable[[], None],
+    ) -> None:
+        self.account = account
+        self._store = store
+        self._client = client
+        self._tokens = tokens
+        self._budgets = budgets
+        self._clock = clock
+        self._chunk_size = chunk_size
+        self._on_processing = on_processing
+        self._wakeup = anyio.Event()
+        self.current_job: str | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wakeup = anyio.Event()
+            job = await self._store.next_job(self.account.id, self._clock.now())
+            if job is None:
+                await self._idle()
+                continue
+            self.current_job = job.id
+            try:
+                await self._work(job)
+            finally:
+                self.current_job = None
+
+    async def _idle(self) -> None:
+        due = await self._store.next_due_time(self.account.id)
+        wait = math.inf if due is None else max(0.0, due - self._clock.now())
+        with anyio.move_on_after(self._clock.real_seconds(wait) if wait != math.inf else None):
+            await self._wakeup.wait()
+
+    async def _work(self, job: Job) -> None:
+        try:
+            if job.state is JobState.UPLOADING:
+                await self._upload(job)
+            else:
+                await self._dispatch(job)
+        except JobFailed as failure:
+            await self._finish_failed(job.id, failure)
+        except NeedsReauth:
+            await self._wait_for_token(job.id, "the account needs to be authorized again")
+        except TokenError as exc:
+            await self._wait_for_token(job.id, exc.message)
+        except StaleTransition as exc:
+            # Someone else (an operator's cancel) moved the job first; theirs is the last word.
+            log.info(
+                "job %s moved under the shard: %s",
+                job.id,
+                exc.message,
+                extra=fields("job.moved_elsewhere", job=job.id, account=job.account_id),
+            )
+
+    # -- dispatch: creator_info, init -------------------------------------------------------
+
+    async def _dispatch(self, job: Job) -> None:
+        now = self._clock.now()
+        job = await self._store.transition(
+            job.id,
+            expect=[JobState.QUEUED],
+            to=JobState.DISPATCHING,
+            now=now,
+            action="job.dispatching",
+            attempt_count=job.attempt_count + 1,
+        )
+        log.info(
+            "dispatching %s",
+            job.id,
+            extra=fields("job.dispatching", job=job.id, account=job.account_id),
+        )
+        needed = SCOPE_FOR_MODE[job.mode]
+        scopes = await self._tokens.scopes(job.account_id)
+        if scopes and needed not in scopes:
+            raise JobFailed(
+                JobState.REVIEW,
+                "scope_not_granted",
+                f"the creator has not granted {needed}; ask them to authorize it",
+            )
+        privacy = job.privacy_level or self.account.privacy_level
+        post_info: dict[str, Any] = {"title": job.caption, "privacy_level": privacy}
+        for key in ("disable_comment", "disable_duet", "disable_stitch", "is_aigc"):
+            if key in job.options:
+                post_info[key] = bool(job.options[key])
+        post_info.setdefault("brand_content_toggle", False)
+        username = None
+        if job.mode is Mode.DIRECT:
+            await self._budgets.acquire("creator_info")
+            info = await self._call(job, "creator_info", self._client.creator_info)
+            username = info.username
+            if privacy not in info.privacy_level_options:
+                raise JobFailed(
+                    JobState.DEAD,
+                    "privacy_level_option_mismatch",
+                    f"privacy level {privacy} is not offered by this creator "
+                    f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
+                )
+        plan = plan_chunks(job.video_size, self._chunk_size) if job.video_size else None
+        await self._budgets.acquire("init")
+        await self._init(job, post_info, plan, username)
+
+    async def _init(
+        self, job: Job, post_info: dict[str, Any], plan: ChunkPlan | None, username: str | None
+    ) -> None:
+        for retry_after_refresh in (False, True):
+            token = await self._tokens.access_token(job.account_id)
+            now = self._clock.now()
+            # Intent, durably, before the request leaves: from here on a post may exist.
+            await self._store.transition(
+                job.id,
+                expect=[JobState.DISPATCHING],
+                to=JobState.DISPATCHING,
+                now=now,
+                action="job.init_sent",
+                init_sent_at=now,
+            )
+            attempt = await self._store.begin_attempt(
+                job_id=job.id, account_id=job.account_id, step="init", now=now
+            )
+            try:
+                result = await self._client.init_video(
+                    token,
+                    mode=job.mode,
+                    source=job.source,
+                    post_info=post_info,
+                    video_size=plan.video_size if plan else None,
+                    chunk_size=plan.chunk_size if plan else None,
+                    chunk_count=plan.chunk_count if plan else None,
+                    video_url=job.video_url,
+                )
+            except TikTokTransportError as exc:
+                await self._store.end_attempt(
+                    attempt, now=self._clock.now(), error=exc, outcome="unknown"
+                )
+                if exc.maybe_acted:
+                    raise JobFailed(
+                        JobState.UNCERTAIN,
+                        "init_outcome_unknown",
+                        f"the init was sent but no answer came ({exc.message}); the video "
+                        "may have been posted. Check the account, then resolve the job.",
+                    ) from exc
+                raise JobFailed(JobState.DEAD, "connect_failed", exc.message) from exc
+            except TikTokApiError as exc:
+                await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
+                # A 401 means TikTok did not take the init: refresh and send it once more.
+                if exc.code == "access_token_invalid" and not retry_after_refresh:
+                    await self._store.checkpoint(job.id, self._clock.now(), init_sent_at=None)
+                    await self._tokens.refresh(job.account_id, stale=token)
+                    continue
+                raise JobFailed(
+                    JobState.DEAD, exc.code or "init_failed", exc.message, exc.raw
+                ) from exc
+            break
+        now = self._clock.now()
+        to = JobState.UPLOADING if job.source is Source.FILE_UPLOAD else JobState.PROCESSING
+        job = await self._store.transition(
+            job.id,
+            expect=[JobState.DISPATCHING],
+            to=to,
+            now=now,
+            action="job.init_accepted",
+            detail={"publish_id": result.publish_id},
+            publish_id=result.publish_id,
+            upload_url=result.upload_url,
+            upload_expires_at=now + UPLOAD_URL_LIFETIME,
+            chunk_size=plan.chunk_size if plan else None,
+            chunk_count=plan.chunk_count if plan else None,
+            uploaded_bytes=0,
+            next_poll_at=now,
+            options={**job.options, "creator_username": username} if username else job.options,
+        )
+        await self._store.end_attempt(attempt, now=now)
+        log.info(
+            "TikTok accepted the init of %s",
+            job.id,
+            extra=fields(
+                "job.init_accepted",
+                job=job.id,
+                account=job.account_id,
+                publish_id=result.publish_id,
+            ),
+        )
+        if to is JobState.UPLOADING:
+            await self._upload(job)
+        else:
+            self._on_processing()
+
+    async def _call(self, job: Job, step: str, call: Callable[[str], Awaitable[T]]) -> T:
+        """A call that has no side effect at TikTok: recorded, and retried once after a 401."""
+        for retry_after_refresh in (False, True):
+            token = await self._tokens.access_token(job.account_id)
+            attempt = await self._store.begin_attempt(
+                job_id=job.id, account_id=job.account_id, step=step, now=self._clock.now()
+            )
+            try:
+                result = await call(token)
+            except TikTokError as exc:
+                await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
+                if exc.code == "access_token_invalid" and not retry_after_refresh:
+                    await self._tokens.refresh(job.account_id, stale=token)
+                    continue
+                raise JobFailed(JobState.DEAD, exc.code or step, exc.message, exc.raw) from exc
+            await self._store.end_attempt(attempt, now=self._clock.now())
+            return result
+        raise AssertionError("unreachable")
+
+    # -- upload -----------------------------------------------------------------------------
+
+    async def _upload(self, job: Job) -> None:
+        assert job.video_path and job.video_size and job.upload_url
+        assert job.chunk_size and job.chunk_count
+        plan = ChunkPlan(
+            chunk_size=job.chunk_size, chunk_count=job.chunk_count, video_size=job.video_size
+        )
+        attempt = await self._store.begin_attempt(
+            job_id=job.id, account_id=job.account_id, step="upload", now=self._clock.now()
+        )
+        offset, failures = job.uploaded_bytes, 0
+        content_type = content_type_for(job.video_path)
+        async with await anyio.open_file(job.video_path, "rb") as video:
+            while True:
+                if offset >= plan.video_size or failures >= CHUNK_TRIES:
+                    # Bytes all sent but no 201 heard, or the chunk keeps failing: TikTok's
+                    # status says whether the upload completed.
+                    await self._settle_upload(job, attempt, offset)
+                    return
+                if self._clock.now() >= (job.upload_expires_at or 0):
+                    await self._settle_upload(job, attempt, offset)
+                    return
+                first, last = plan.chunk_range(chunk_index_at(plan, offset))
+                await video.seek(first)
+                chunk = await video.read(last - first + 1)
+                try:
+                    progress = await self._client.upload_chunk(
+                        job.upload_url,
+                        chunk,
+                        first=first,
+                        total=plan.video_size,
+                        content_type=content_type,
+                    )
+                except TikTokApiError as exc:
+                    if exc.http_status in (403, 404):
+                        await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
+                        await self._settle_upload(job, None, offset)
+                        return
+                    failures += 1
+                    await self._chunk_backoff(job, exc, failures)
+                    continue
+                except TikTokTransportError as exc:
+                    failures += 1
+                    await self._chunk_backoff(job, exc, failures)
+                    continue
+                if progress.complete:
+                    await self._uploaded(job, attempt)
+                    return
+                if progress.out_of_order and progress.received is None:
+                    failures += 1
+                    continue
+                offset = progress.received if progress.received is not None else last + 1
+                failures = 0 if not progress.out_of_order else failures + 1
+                await self._store.checkpoint(job.id, self._clock.now(), uploaded_bytes=offset)
+
+    async def _chunk_backoff(self, job: Job, exc: TikTokError, failures: int) -> None:
+        log.warning(
+            "chunk upload of %s failed (%s), try %d of %d",
+            job.id,
+            exc.code or exc.message,
+            failures,
+            CHUNK_TRIES,
+            extra=fields("job.chunk_failed", job=job.id, account=job.account_id, code=exc.code),
+        )
+        await self._clock.sleep(exc.retry_after or float(2 ** (failures - 1)))
+
+    async def _uploaded(self, job: Job, attempt: int | None) -> None:
+        now = self._clock.now()
+        await self._store.transition(
+            job.id,
+            expect=[JobState.UPLOADING],
+            to=JobState.PROCESSING,
+            now=now,
+            action="job.uploaded",
+            uploaded_bytes=job.video_size,
+            next_poll_at=now,
+        )
+        if attempt is not None:
+            await self._store.end_attempt(attempt, now=now)
+        log.info(
+            "uploaded %s",
+            job.id,
+            extra=fields(
+                "job.uploaded", job=job.id, account=job.account_id, publish_id=job.publish_id
+            ),
+        )
+        self._on_processing()
+
+    async def _settle_upload(self, job: Job, attempt: int | None, offset: int) -> None:
+        """The upload cannot go on (URL expired, chunks keep failing, or the last answer was
+        lost): ask TikTok whether it has the whole video before deciding anything."""
+        assert job.publish_id
+        try:
+            token = await self._tokens.access_token(job.account_id)
+            await self._budgets.acquire("status")
+            status = await self._client.fetch_status(token, job.publish_id)
+        except (TikTokError, TokenError) as exc:
+            raise JobFailed(
+                JobState.DEAD,
+                "upload_incomplete",
+                f"the upload stopped at byte {offset} and TikTok's status could not be read "
+                f"({exc.message}); requeue the job to resume or start fresh",
+                getattr(exc, "raw", None),
+            ) from exc
+        if (status.uploaded_bytes or 0) >= (job.video_size or 0) or status.status not in (
+            "PROCESSING_UPLOAD",
+            "",
+        ):
+            await self._uploaded(job, attempt)
+            return
+        if attempt is not None:
+            await self._store.end_attempt(attempt, now=self._clock.now(), outcome="error")
+        raise JobFailed(
+            JobState.DEAD,
+            "upload_incomplete",
+            f"the upload stopped at byte {offset} of {job.video_size} and cannot continue "
+            "(upload URL expired or chunks kept failing); requeue the job to start fresh",
+        )
+
+    # -- endings ----------------------------------------------------------------------------
+
+    async def _finish_failed(self, job_id: str, failure: JobFailed) -> None:
+        now = self._clock.now()
+        job = await self._store.transition(
+            job_id,
+            expect=[JobState.DISPATCHING, JobState.UPLOADING],
+            to=failure.to,
+            now=now,
+            action=f"job.{failure.to.value}",
+            detail={"code": failure.code},
+            error_code=failure.code,
+            error_message=failure.message,
+            finished_at=now if failure.to is JobState.DEAD else None,
+        )
+        level = logging.ERROR if failure.to is JobState.UNCERTAIN else logging.WARNING
+        log.log(
+            level,
+            "job %s is %s: %s",
+            job.id,
+            failure.to.value,
+            failure.message,
+            extra=fields(
+                f"job.{failure.to.value}",
+                job=job.id,
+                account=job.account_id,
+                publish_id=job.publish_id,
+                code=failure.code,
+            ),
+        )
+
+    async def _wait_for_token(self, job_id: str, reason: str) -> None:
+        """No usable token: the job waits in the queue (it is pinned to this account)."""
+        now = self._clock.now()
+        await self._store.transition(
+            job_id,
+            expect=[JobState.DISPATCHING],
+            to=JobState.QUEUED,
+            now=now,
+            action="job.waiting_for_token",
+            detail={"reason": reason},
+            not_before=now + TOKEN_WAIT,
+            init_sent_at=None,
+        )
+        log.warning(
+            "job %s waits: %s",
+            job_id,
+            reason,
+            extra=fields("job.waiting_for_token", job=job_id, account=self.account.id),
+        )

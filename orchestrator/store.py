@@ -1,0 +1,520 @@
+"""The durable state: one SQLite file, and the only module that speaks SQL.
+
+Two connections: one writer, used under a lock for every write transaction (tasks sharing a
+connection share its transaction, so concurrent writers on one connection would undo each
+other), and one reader, which in WAL mode sees only committed data. Each write transaction is
+short and shielded from cancellation: a cancelled ``await`` does not stop a statement that is
+already running, so an unshielded COMMIT could land while the caller believes it did not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import anyio
+
+from .errors import StoreError, TikTokError
+from .jobs import Job, JobState, Mode, Source
+from .schema import MIGRATIONS
+
+T = TypeVar("T")
+
+# Raw responses are kept for people to read; a megabyte of HTML from a proxy is not useful.
+RAW_LIMIT = 4000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    job_id: str
+    at: float
+    from_state: str | None
+    to_state: str | None
+    action: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempt:
+    id: int
+    job_id: str | None
+    account_id: str
+    step: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    http_status: int | None
+    error_code: str | None
+    error_message: str | None
+    log_id: str | None
+    raw: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenRecord:
+    account_id: str
+    open_id: str | None
+    access_token: str | None
+    access_expires_at: float | None
+    refresh_token: str | None
+    refresh_expires_at: float | None
+    scopes: frozenset[str]
+    state: str
+    imported_sha256: str | None
+    last_error: str | None
+    updated_at: float
+
+    def __repr__(self) -> str:  # never let a token reach a log line through repr()
+        return (
+            f"TokenRecord(account_id={self.account_id!r}, state={self.state!r}, "
+            f"access_expires_at={self.access_expires_at!r})"
+        )
+
+
+class SubmitOutcome:
+    CREATED = "created"
+    EXISTING = "existing"
+    CONFLICT = "conflict"
+
+
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"id"}
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        idempotency_key=row["idempotency_key"],
+        account_id=row["account_id"],
+        mode=Mode(row["mode"]),
+        source=Source(row["source"]),
+        video_path=row["video_path"],
+        video_url=row["video_url"],
+        video_size=row["video_size"],
+        content_sha256=row["content_sha256"],
+        caption=row["caption"],
+        privacy_level=row["privacy_level"],
+        options=json.loads(row["options"]),
+        lane=row["lane"],
+        state=JobState(row["state"]),
+        not_before=row["not_before"],
+        attempt_count=row["attempt_count"],
+        publish_id=row["publish_id"],
+        upload_url=row["upload_url"],
+        upload_expires_at=row["upload_expires_at"],
+        chunk_size=row["chunk_size"],
+        chunk_count=row["chunk_count"],
+        uploaded_bytes=row["uploaded_bytes"],
+        init_sent_at=row["init_sent_at"],
+        next_poll_at=row["next_poll_at"],
+        post_ids=tuple(json.loads(row["post_ids"])),
+        post_url=row["post_url"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if name == "options":
+        return json.dumps(value, sort_keys=True)
+    if name == "post_ids":
+        return json.dumps(list(value))
+    return value
+
+
+def _token_from_row(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        account_id=row["account_id"],
+        open_id=row["open_id"],
+        access_token=row["access_token"],
+        access_expires_at=row["access_expires_at"],
+        refresh_token=row["refresh_token"],
+        refresh_expires_at=row["refresh_expires_at"],
+        scopes=frozenset(s for s in row["scopes"].split(",") if s),
+        state=row["state"],
+        imported_sha256=row["imported_sha256"],
+        last_error=row["last_error"],
+        updated_at=row["updated_at"],
+    )
+
+
+class StaleTransition(StoreError):
+    """The job was not in the state the caller expected; someone else moved it."""
+
+
+class Store:
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._w = writer
+        self._r = reader
+        self._lock = anyio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The file holds tokens: create it private before SQLite opens it.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)
+            writer = await aiosqlite.connect(path, isolation_level=None)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+        for conn in (writer, reader):
+            conn.row_factory = sqlite3.Row
+            await conn.execute("PRAGMA busy_timeout = 5000")
+        store = cls(path, writer, reader)
+        try:
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA synchronous = FULL")
+            await store._migrate()
+        except sqlite3.Error as exc:
+            await store.close()
+            raise StoreError(f"cannot prepare the state database {path}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._r.close()
+            await self._w.close()
+
+    async def _migrate(self) -> None:
+        async with self._w.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = row[0] if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} was written by a newer orchestrator (schema {version}); "
+                "upgrade orchestrator or restore a backup"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+
+            async def step(
+                conn: aiosqlite.Connection, script: str = script, n: int = number
+            ) -> None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {n}")
+
+            await self._write(step)
+
+    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        async with self._lock:
+            with anyio.CancelScope(shield=True):
+                await self._w.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await fn(self._w)
+                except BaseException:
+                    await self._w.execute("ROLLBACK")
+                    raise
+                await self._w.execute("COMMIT")
+        return result
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._r.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def integrity_check(self) -> str:
+        row = await self._fetchone("PRAGMA integrity_check")
+        return str(row[0]) if row else "no answer"
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit(self, job: Job, payload_sha256: str) -> tuple[str, Job]:
+        """Insert a job unless its idempotency key exists: (outcome, the job that holds it)."""
+
+        async def tx(conn: aiosqlite.Connection) -> tuple[str, Job]:
+            async with conn.execute(
+                "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                same = row["payload_sha256"] == payload_sha256
+                outcome = SubmitOutcome.EXISTING if same else SubmitOutcome.CONFLICT
+                return outcome, _job_from_row(row)
+            values = {name: _column_value(name, getattr(job, name)) for name in _JOB_FIELDS}
+            values["id"] = job.id
+            values["payload_sha256"] = payload_sha256
+            columns = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
+            await conn.execute(
+                f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values())
+            )
+            await _insert_event(conn, job.id, job.created_at, None, job.state, "job.submitted", {})
+            return SubmitOutcome.CREATED, job
+
+        return await self._write(tx)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(row) if row else None
+
+    async def list_jobs(
+        self, *, state: str | None = None, account: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        clauses, params = [], []
+        if state:
+            clauses.append("state = ?")
+            params.append(state)
+        if account:
+            clauses.append("account_id = ?")
+            params.append(account)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetchall(
+            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ?", (*params, limit)
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def timeline(self, job_id: str) -> tuple[list[Event], list[Attempt]]:
+        events = [
+            Event(
+                job_id=r["job_id"],
+                at=r["at"],
+                from_state=r["from_state"],
+                to_state=r["to_state"],
+                action=r["action"],
+                detail=json.loads(r["detail"]),
+            )
+            for r in await self._fetchall(
+                "SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        ]
+        attempts = [
+            Attempt(**{k: r[k] for k in r.keys()})  # noqa: SIM118 - sqlite3.Row is not a dict
+            for r in await self._fetchall(
+                "SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        ]
+        return events, attempts
+
+    async def next_job(self, account_id: str, now: float) -> Job | None:
+        """The account's next piece of work: an interrupted upload first, then the due queue.
+
+        New submissions go before retries (two lanes), so a flood of retries never starves them.
+        """
+        row = await self._fetchone(
+            "SELECT * FROM jobs WHERE account_id = ? AND state = 'uploading' "
+            "ORDER BY updated_at LIMIT 1",
+            (account_id,),
+        )
+        if row is None:
+            row = await self._fetchone(
+                "SELECT * FROM jobs WHERE account_id = ? AND state = 'queued' AND not_before <= ? "
+                "ORDER BY lane = 'retry', not_before, created_at LIMIT 1",
+                (account_id, now),
+            )
+        return _job_from_row(row) if row else None
+
+    async def next_due_time(self, account_id: str) -> float | None:
+        row = await self._fetchone(
+            "SELECT MIN(not_before) FROM jobs WHERE account_id = ? AND state = 'queued'",
+            (account_id,),
+        )
+        return row[0] if row else None
+
+    async def transition(
+        self,
+        job_id: str,
+        *,
+        expect: Iterable[JobState],
+        to: JobState,
+        now: float,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Move a job between states (compare-and-set) and write the event, atomically."""
+        expected = tuple(expect)
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        values = {name: _column_value(name, v) for name, v in fields.items()}
+        values["state"] = to.value
+        values["updated_at"] = now
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        marks = ", ".join("?" for _ in expected)
+
+        async def tx(conn: aiosqlite.Connection) -> Job:
+            async with conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)) as cur:
+                before = await cur.fetchone()
+            async with conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND state IN ({marks}) RETURNING *",
+                (*values.values(), job_id, *(s.value for s in expected)),
+            ) as cur:
+                row = await cur.fetchone()
+            if before is None or row is None:
+                raise StaleTransition(
+                    f"job {job_id} is not in {', '.join(s.value for s in expected)}"
+                )
+            await _insert_event(conn, job_id, now, before[0], to, action, detail or {})
+            return _job_from_row(row)
+
+        return await self._write(tx)
+
+    async def checkpoint(self, job_id: str, now: float, **fields: Any) -> None:
+        """Record progress inside a state (upload offset, next poll time) without an event."""
+        values = {name: _column_value(name, v) for name, v in fields.items()}
+        values["updated_at"] = now
+        assignments = ", ".join(f"{name} = ?" for name in values)
+
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id)
+            )
+
+        await self._write(tx)
+
+    async def add_event(
+        self, job_id: str, now: float, action: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await _insert_event(conn, job_id, now, None, None, action, detail or {})
+
+        await self._write(tx)
+
+    async def begin_attempt(
+        self, *, job_id: str | None, account_id: str, step: str, now: float
+    ) -> int:
+        async def tx(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "INSERT INTO attempts (job_id, account_id, step, started_at) VALUES (?, ?, ?, ?)",
+                (job_id, account_id, step, now),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(tx)
+
+    async def end_attempt(
+        self, attempt_id: int, *, now: float, error: TikTokError | None = None, outcome: str = ""
+    ) -> None:
+        outcome = outcome or ("error" if error else "ok")
+        raw = (error.raw or "")[:RAW_LIMIT] if error else None
+
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, "
+                "error_code = ?, error_message = ?, log_id = ?, raw = ? WHERE id = ?",
+                (
+                    now,
+                    outcome,
+                    error.http_status if error else None,
+                    error.code if error else None,
+                    error.message if error else None,
+                    error.log_id if error else None,
+                    raw,
+                    attempt_id,
+                ),
+            )
+
+        await self._write(tx)
+
+    async def due_polls(self, now: float, limit: int) -> list[Job]:
+        rows = await self._fetchall(
+            "SELECT * FROM jobs WHERE state = 'processing' AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?",
+            (now, limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def next_poll_time(self) -> float | None:
+        row = await self._fetchone("SELECT MIN(next_poll_at) FROM jobs WHERE state = 'processing'")
+        return row[0] if row else None
+
+    async def recover(self, now: float) -> dict[str, int]:
+        """Settle what a crash left half-done; returns how many jobs moved, by kind.
+
+        A job in ``dispatching`` whose init never left goes back to the queue: nothing reached
+        TikTok. One whose init left but whose answer was never recorded may have posted, so
+        it becomes ``uncertain``: re-posting it could publish the video twice.
+        """
+
+        async def tx(conn: aiosqlite.Connection) -> dict[str, int]:
+            moved: dict[str, int] = {}
+            for where, to, action in (
+                ("init_sent_at IS NULL", JobState.QUEUED, "job.requeued_after_crash"),
+                ("init_sent_at IS NOT NULL", JobState.UNCERTAIN, "job.uncertain_after_crash"),
+            ):
+                async with conn.execute(
+                    f"UPDATE jobs SET state = ?, updated_at = ? "
+                    f"WHERE state = 'dispatching' AND publish_id IS NULL AND {where} RETURNING id",
+                    (to.value, now),
+                ) as cur:
+                    ids = [r[0] for r in await cur.fetchall()]
+                for job_id in ids:
+                    await _insert_event(conn, job_id, now, "dispatching", to, action, {})
+                moved[to.value] = len(ids)
+            return moved
+
+        return await self._write(tx)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per account and state."""
+        out: dict[str, dict[str, int]] = {}
+        for row in await self._fetchall(
+            "SELECT account_id, state, COUNT(*) FROM jobs GROUP BY account_id, state"
+        ):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    async def get_token(self, account_id: str) -> TokenRecord | None:
+        row = await self._fetchone("SELECT * FROM tokens WHERE account_id = ?", (account_id,))
+        return _token_from_row(row) if row else None
+
+    async def all_tokens(self) -> list[TokenRecord]:
+        return [_token_from_row(r) for r in await self._fetchall("SELECT * FROM tokens")]
+
+    async def save_token(self, record: TokenRecord) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO tokens (account_id, open_id, access_token, "
+                "access_expires_at, refresh_token, refresh_expires_at, scopes, state, "
+                "imported_sha256, last_error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.account_id,
+                    record.open_id,
+                    record.access_token,
+                    record.access_expires_at,
+                    record.refresh_token,
+                    record.refresh_expires_at,
+                    ",".join(sorted(record.scopes)),
+                    record.state,
+                    record.imported_sha256,
+                    record.last_error,
+                    record.updated_at,
+                ),
+            )
+
+        await self._write(tx)
+
+
+async def _insert_event(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    at: float,
+    from_state: str | None,
+    to_state: str | None,
+    action: str,
+    detail: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (job_id, at, from_state, to_state, action, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (job_id, at, from_state, to_state, action, json.dumps(detail, sort_keys=True)),
+    )

@@ -1,0 +1,114 @@
+"""Shared test scaffolding: a sandbox, a config pointed at it, and condition waits.
+
+Waits poll a condition with a deadline; nothing sleeps for a fixed time hoping something
+happened. Scenarios run the sandbox and the daemon on one compressed clock (same epoch and
+scale), so TikTok's minutes pass in fractions of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+
+from orchestrator.demo import toml_value
+from orchestrator.sandbox import Sandbox
+
+T = TypeVar("T")
+SCALE = 60.0
+
+
+def write_config(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    *,
+    epoch: float,
+    client_key: str,
+    client_secret: str,
+    accounts: Sequence[str] = ("acme-us",),
+    scale: float = SCALE,
+    poll_interval: float = 5.0,
+    user_options: dict[str, dict[str, Any]] | None = None,
+    extra_daemon: dict[str, Any] | None = None,
+) -> Path:
+    """Creates sandbox users for ``accounts``, their token files, and the accounts TOML."""
+    (tmp_path / "tokens").mkdir(exist_ok=True)
+    secret = tmp_path / "client_secret"
+    secret.write_text(client_secret)
+    daemon = {
+        "state_dir": tmp_path / "state",
+        "socket_path": tmp_path / "orchestrator.sock",
+        "log_level": "debug",
+        "poll_interval": poll_interval,
+        "time_scale": scale,
+        "clock_epoch": epoch,
+        "request_timeout": 10.0,
+        **(extra_daemon or {}),
+    }
+    lines = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in daemon.items())]
+    lines += [
+        "[tiktok]",
+        f"base_url = {toml_value(sandbox.base_url)}",
+        f"client_key = {toml_value(client_key)}",
+        f"client_secret_file = {toml_value(secret)}",
+    ]
+    for account in accounts:
+        options = (user_options or {}).get(account, {})
+        grant = sandbox.create_user(open_id=f"open-{account}", **options)
+        token_file = tmp_path / "tokens" / f"{account}.json"
+        token_file.write_text(json.dumps(grant))
+        lines += [
+            "[[accounts]]",
+            f"id = {toml_value(account)}",
+            'scopes = ["video.publish", "video.upload"]',
+            'privacy_level = "SELF_ONLY"',
+            f"token_file = {toml_value(token_file)}",
+        ]
+    path = tmp_path / "accounts.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_video(path: Path, size: int, seed: int = 0) -> Path:
+    import random
+
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + random.Random(seed).randbytes(size - 12))
+    return path
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail loudly at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await anyio.sleep(0.02)
+
+
+def wait_for_sync(
+    probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def api(socket_path: Path) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=str(socket_path)), base_url="http://orchestrator"
+    )
