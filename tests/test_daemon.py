@@ -11,8 +11,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from orchestrator.config import load_config
 
+from orchestrator.config import load_config
 from orchestrator.daemon import Daemon
 from orchestrator.sandbox import Sandbox, SandboxConfig
 
