@@ -59,12 +59,11 @@ CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video
 class JobFailed(Exception):
     """Internal: end the current job in ``to`` with this error; not an OrchestratorError."""
 
-    def __init__(self, to: JobState, code: str, message: str, raw: str | None = None) -> None:
+    def __init__(self, to: JobState, code: str, message: str) -> None:
         super().__init__(message)
         self.to = to
         self.code = code
         self.message = message
-        self.raw = raw
 
 
 def content_type_for(path: str) -> str:
@@ -239,9 +238,7 @@ class Shard:
                     await self._store.checkpoint(job.id, self._clock.now(), init_sent_at=None)
                     await self._tokens.refresh(job.account_id, stale=token)
                     continue
-                raise JobFailed(
-                    JobState.DEAD, exc.code or "init_failed", exc.message, exc.raw
-                ) from exc
+                raise JobFailed(JobState.DEAD, exc.code or "init_failed", exc.message) from exc
             break
         now = self._clock.now()
         to = JobState.UPLOADING if job.source is Source.FILE_UPLOAD else JobState.PROCESSING
@@ -291,7 +288,7 @@ class Shard:
                 if exc.code == "access_token_invalid" and not retry_after_refresh:
                     await self._tokens.refresh(job.account_id, stale=token)
                     continue
-                raise JobFailed(JobState.DEAD, exc.code or step, exc.message, exc.raw) from exc
+                raise JobFailed(JobState.DEAD, exc.code or step, exc.message) from exc
             await self._store.end_attempt(attempt, now=self._clock.now())
             return result
         raise AssertionError("unreachable")
@@ -399,7 +396,6 @@ class Shard:
                 "upload_incomplete",
                 f"the upload stopped at byte {offset} and TikTok's status could not be read "
                 f"({exc.message}); requeue the job to resume or start fresh",
-                getattr(exc, "raw", None),
             ) from exc
         if (status.uploaded_bytes or 0) >= (job.video_size or 0) or status.status not in (
             "PROCESSING_UPLOAD",

@@ -158,6 +158,18 @@ def test_sigkill_mid_upload_and_mid_processing_publishes_each_job_once(
     assert len(uploads) < 12, "the upload resumed; it did not start again from byte 0"
     inits = [r for r in sandbox.requests() if r["endpoint"] == "video_init"]
     assert len(inits) == 2, "no job was initialised twice"
+    assert_no_secrets(daemon.log.read_text(), tmp)
+
+
+def assert_no_secrets(text: str, tmp: Path) -> None:
+    """No token, refresh token or client secret reaches the log, even in a crash scenario."""
+    secrets = [SECRET]
+    for token_file in (tmp / "tokens").glob("*.json"):
+        grant = json.loads(token_file.read_text())
+        secrets += [grant["access_token"], grant["refresh_token"]]
+    assert '"action": "daemon.ready"' in text  # the log is really there
+    for secret in secrets:
+        assert secret not in text
 
 
 def test_cli_refuses_a_missing_video_and_bad_config(
