@@ -6,6 +6,10 @@
     GET  /v1/jobs                list (?state=&account=&limit=)
     GET  /v1/jobs/{id}           one job with its timeline and attempts
     POST /v1/jobs/{id}/cancel    cancel a job that has not reached TikTok yet
+    POST /v1/jobs/{id}/resolve   an operator's verdict on an uncertain job: {"posted": bool}
+    GET  /v1/dlq                 the dead-letter queue (?account=&limit=)
+    POST /v1/dlq/{id}/requeue    try a dead (or review) job again: {"fresh": bool}
+    POST /v1/dlq/purge           delete dead jobs for good: {"ids": [...]} or {"all": true}
 
 Every error is ``{"error": {"code", "message"}}`` with a fitting HTTP status. Responses are
 built from snapshots and rows only; secrets (tokens, upload URLs) are never serialised.
@@ -24,6 +28,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from .catalog import UNKNOWN, lookup
 from .clock import ClockLike
 from .config import Config
 from .errors import ApiError
@@ -35,7 +40,16 @@ from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome
 
 log = logging.getLogger(__name__)
 
-_JOB_PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{1,64})(/cancel)?$")
+_JOB_PATH = re.compile(r"^/v1/(jobs|dlq)/([A-Za-z0-9_-]{1,64})(?:/(cancel|resolve|requeue))?$")
+# What a fresh start forgets: the old publish, which can never become a post.
+_FRESH = {
+    "publish_id": None,
+    "upload_url": None,
+    "upload_expires_at": None,
+    "uploaded_bytes": 0,
+    "init_sent_at": None,
+    "next_poll_at": None,
+}
 
 
 def iso(ts: float | None) -> str | None:
@@ -92,6 +106,14 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
             raw = json.loads(raw)
         except ValueError:
             pass
+    classification = None
+    if attempt.error_class:
+        entries = lookup(attempt.error_code or "")
+        classification = {
+            "class": attempt.error_class,
+            "known": attempt.known,
+            "message": entries[0].message if entries else UNKNOWN.message,
+        }
     return {
         "step": attempt.step,
         "started_at": iso(attempt.started_at),
@@ -101,8 +123,19 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "error_code": attempt.error_code,
         "error_message": attempt.error_message,
         "log_id": attempt.log_id,
+        "classification": classification,
         "raw_response": raw,
     }
+
+
+def _body(req: Request) -> dict[str, Any]:
+    try:
+        body = req.json()
+    except ValueError as exc:
+        raise ApiError("invalid_json", f"the body is not JSON: {exc}", status=400) from None
+    if not isinstance(body, dict):
+        raise ApiError("invalid_request", "the body must be a JSON object", status=400)
+    return body
 
 
 class ControlApi:
@@ -141,13 +174,24 @@ class ControlApi:
             if req.method == "GET":
                 return await self._list(req)
             raise ApiError("method_not_allowed", f"{req.method} /v1/jobs", status=405)
+        if req.path == "/v1/dlq" and req.method == "GET":
+            return await self._list(req, state=JobState.DEAD.value)
+        if req.path == "/v1/dlq/purge" and req.method == "POST":
+            return await self._purge(req)
         match = _JOB_PATH.match(req.path)
         if match:
-            job_id, cancel = match.groups()
-            if cancel and req.method == "POST":
-                return await self._cancel(job_id)
-            if not cancel and req.method == "GET":
-                return await self._show(job_id)
+            collection, job_id, verb = match.groups()
+            handler = {
+                ("jobs", None, "GET"): self._show,
+                ("dlq", None, "GET"): self._show,
+                ("jobs", "cancel", "POST"): self._cancel,
+            }.get((collection, verb, req.method))
+            if handler is not None:
+                return await handler(job_id)
+            if (collection, verb, req.method) == ("jobs", "resolve", "POST"):
+                return await self._resolve(job_id, _body(req))
+            if (collection, verb, req.method) == ("dlq", "requeue", "POST"):
+                return await self._requeue(job_id, _body(req))
             raise ApiError("method_not_allowed", f"{req.method} {req.path}", status=405)
         raise ApiError("not_found", f"no such endpoint: {req.method} {req.path}", status=404)
 
@@ -190,8 +234,8 @@ class ControlApi:
         status = 201 if outcome == SubmitOutcome.CREATED else 200
         return Response.json(status, {"job": job_json(stored), "created": status == 201})
 
-    async def _list(self, req: Request) -> Response:
-        state = req.query.get("state")
+    async def _list(self, req: Request, *, state: str | None = None) -> Response:
+        state = state or req.query.get("state")
         if state and state not in {s.value for s in JobState}:
             raise ApiError("invalid_request", f"state: unknown state {state!r}", status=400)
         try:
@@ -206,9 +250,7 @@ class ControlApi:
         return Response.json(200, {"jobs": [job_json(j) for j in jobs]})
 
     async def _show(self, job_id: str) -> Response:
-        job = await self._store.get_job(job_id)
-        if job is None:
-            raise ApiError("job_not_found", f"no job {job_id}", status=404)
+        job = await self._existing(job_id)
         events, attempts = await self._store.timeline(job_id)
         return Response.json(
             200,
@@ -220,9 +262,7 @@ class ControlApi:
         )
 
     async def _cancel(self, job_id: str) -> Response:
-        job = await self._store.get_job(job_id)
-        if job is None:
-            raise ApiError("job_not_found", f"no job {job_id}", status=404)
+        job = await self._existing(job_id)
         now = self._clock.now()
         try:
             # Only before anything reached TikTok: afterwards a cancel cannot unpost a video.
@@ -241,6 +281,106 @@ class ControlApi:
                 status=409,
             ) from None
         return Response.json(200, {"job": job_json(job)})
+
+    async def _resolve(self, job_id: str, body: dict[str, Any]) -> Response:
+        posted = body.get("posted")
+        if not isinstance(posted, bool):
+            raise ApiError("invalid_request", "posted: must be true or false", status=400)
+        job = await self._existing(job_id)
+        now = self._clock.now()
+        try:
+            if posted:
+                job = await self._store.transition(
+                    job_id,
+                    expect=[JobState.UNCERTAIN],
+                    to=JobState.PUBLISHED,
+                    now=now,
+                    action="job.resolved_posted",
+                    detail={"by": "operator"},
+                    finished_at=now,
+                )
+            else:
+                # The operator saw no post: the init never took effect, so start again.
+                job = await self._store.transition(
+                    job_id,
+                    expect=[JobState.UNCERTAIN],
+                    to=JobState.QUEUED,
+                    now=now,
+                    action="job.resolved_not_posted",
+                    detail={"by": "operator"},
+                    not_before=now,
+                    error_code=None,
+                    error_message=None,
+                    **_FRESH,
+                )
+                self._on_submitted(job.account_id)
+        except StaleTransition:
+            raise ApiError(
+                "not_uncertain", f"job {job_id} is {job.state.value}, not uncertain", status=409
+            ) from None
+        log.warning(
+            "operator resolved %s as %s",
+            job_id,
+            "posted" if posted else "not posted",
+            extra=fields("job.resolved", job=job_id, account=job.account_id, posted=posted),
+        )
+        return Response.json(200, {"job": job_json(job)})
+
+    async def _requeue(self, job_id: str, body: dict[str, Any]) -> Response:
+        fresh = body.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise ApiError("invalid_request", "fresh: must be true or false", status=400)
+        job = await self._existing(job_id)
+        if job.state not in (JobState.DEAD, JobState.REVIEW):
+            raise ApiError(
+                "not_requeueable",
+                f"job {job_id} is {job.state.value}; only dead or review jobs can be requeued",
+                status=409,
+            )
+        now = self._clock.now()
+        changes: dict[str, Any] = {
+            "not_before": now,
+            "attempt_count": 0,
+            "finished_at": None,
+            "lane": "new",
+        }
+        if fresh or job.publish_id is None:
+            to = JobState.QUEUED
+            changes |= _FRESH
+        else:
+            # TikTok already has this publish: follow it, never post it again.
+            uploaded = job.uploaded_bytes >= (job.video_size or 0) or job.upload_url is None
+            to = JobState.PROCESSING if uploaded else JobState.RETRY_WAIT
+            changes["next_poll_at"] = now if uploaded else None
+        job = await self._store.transition(
+            job_id,
+            expect=[job.state],
+            to=to,
+            now=now,
+            action="job.requeued",
+            detail={"fresh": fresh, "by": "operator"},
+            **changes,
+        )
+        self._on_submitted(job.account_id)
+        return Response.json(200, {"job": job_json(job)})
+
+    async def _purge(self, req: Request) -> Response:
+        body = _body(req)
+        if body.get("all") is True:
+            ids = [j.id for j in await self._store.list_jobs(state="dead", limit=1_000_000)]
+        elif isinstance(body.get("ids"), list) and all(isinstance(i, str) for i in body["ids"]):
+            ids = body["ids"]
+        else:
+            raise ApiError("invalid_request", 'give {"ids": [...]} or {"all": true}', status=400)
+        gone = await self._store.delete_jobs(ids, only_state=JobState.DEAD)
+        log.warning("purged %d dead jobs", gone, extra=fields("dlq.purged", count=gone))
+        return Response.json(200, {"purged": gone})
+
+    async def _existing(self, job_id: str) -> Job:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise ApiError("job_not_found", f"no job {job_id}", status=404)
+        return job
 
     async def status(self) -> dict[str, Any]:
         counts = await self._store.counts()
@@ -275,6 +415,21 @@ class ControlApi:
             for state, n in acct_counts.items():
                 totals[state] = totals.get(state, 0) + n
         unknown = sorted(set(counts) - {a.id for a in self._config.accounts})
+        attention = [
+            {
+                "job": j.id,
+                "account": j.account_id,
+                "state": j.state.value,
+                "code": j.error_code,
+                "since": iso(j.updated_at),
+            }
+            for state in (JobState.UNCERTAIN, JobState.REVIEW)
+            for j in await self._store.list_jobs(state=state.value, limit=20)
+        ]
+        unknown_codes = [
+            {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}
+            for u in await self._store.unknown_codes()
+        ]
         return {
             "daemon": {
                 "version": __version__,
@@ -286,6 +441,8 @@ class ControlApi:
             },
             "accounts": accounts,
             "unconfigured_accounts_with_jobs": unknown,
+            "needs_attention": attention,
+            "unknown_codes": unknown_codes,
             "totals": totals,
             "open": sum(n for s, n in totals.items() if JobState(s) not in TERMINAL),
         }

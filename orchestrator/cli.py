@@ -125,9 +125,69 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    if args.id == "resolve":
+        if not args.target or args.posted is None:
+            print(
+                "orchestrator: usage: orchestrator job resolve ID --posted|--not-posted",
+                file=sys.stderr,
+            )
+            return EX_USAGE
+        with _client(args) as client:
+            job = client.resolve(args.target, posted=args.posted)
+        print(f"{job['id']} is now {job['state']}")
+        return 0
+    if args.target or args.posted is not None:
+        print("orchestrator: --posted/--not-posted go with: job resolve ID", file=sys.stderr)
+        return EX_USAGE
     with _client(args) as client:
         detail = client.job(args.id)
     _print_json(detail) if args.json else print(job_view(detail))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            jobs = client.dlq(account=args.account, limit=args.limit)
+            _print_json(jobs) if args.json else print(jobs_view(jobs))
+        elif args.action == "show":
+            detail = client.job(_one(args.ids))
+            _print_json(detail) if args.json else print(job_view(detail))
+        elif args.action == "requeue":
+            for job_id in args.ids or [""]:
+                job = client.requeue(job_id, fresh=args.fresh)
+                print(f"requeued {job['id']} ({job['state']})")
+        else:
+            if not args.yes:
+                print("orchestrator: purge deletes jobs for good; add --yes", file=sys.stderr)
+                return EX_USAGE
+            if not args.all and not args.ids:
+                print("orchestrator: name the jobs to purge, or --all", file=sys.stderr)
+                return EX_USAGE
+            gone = client.purge(ids=args.ids, everything=args.all)
+            print(f"purged {gone} dead job(s)")
+    return 0
+
+
+def _one(ids: list[str]) -> str:
+    if len(ids) != 1:
+        raise RequestRefused(400, "usage", "give exactly one job id")
+    return ids[0]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .catalog import explain
+
+    text = explain(args.code)
+    if text is None:
+        print(
+            f"orchestrator: {args.code!r} is not in the error catalog; the daemon treats "
+            "unknown codes conservatively (a few retries, then the dead-letter queue) and "
+            "counts them in `orchestrator status`",
+            file=sys.stderr,
+        )
+        return 1
+    print(text)
     return 0
 
 
@@ -198,9 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
-    p = command("job", cmd_job, "show one job with its timeline")
-    p.add_argument("id")
+    p = command(
+        "job",
+        cmd_job,
+        "show one job with its timeline; `job resolve ID --posted|--not-posted` settles an "
+        "uncertain one",
+    )
+    p.add_argument("id", help="a job id, or 'resolve'")
+    p.add_argument("target", nargs="?", help="with resolve: the job id")
+    verdict = p.add_mutually_exclusive_group()
+    verdict.add_argument("--posted", dest="posted", action="store_const", const=True)
+    verdict.add_argument("--not-posted", dest="posted", action="store_const", const=False)
     p.add_argument("--json", action="store_true")
+    p = command("dlq", cmd_dlq, "the dead-letter queue: list, show, requeue, purge")
+    p.add_argument("action", choices=("list", "show", "requeue", "purge"))
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--fresh", action="store_true", help="requeue: start with a new init")
+    p.add_argument("--all", action="store_true", help="purge: every dead job")
+    p.add_argument("--yes", action="store_true", help="purge: yes, delete them for good")
+    p.add_argument("--json", action="store_true")
+    p = command("explain", cmd_explain, "what an error code means and what to do", client=False)
+    p.add_argument("code")
     p = command("cancel", cmd_cancel, "cancel a job that has not reached TikTok")
     p.add_argument("id")
     p = command("status", cmd_status, "accounts, queues and totals")

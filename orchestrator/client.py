@@ -97,3 +97,19 @@ class DaemonClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel")[1]["job"]  # type: ignore[no-any-return]
+
+    def resolve(self, job_id: str, *, posted: bool) -> dict[str, Any]:
+        body = self.request("POST", f"/v1/jobs/{job_id}/resolve", json={"posted": posted})[1]
+        return body["job"]  # type: ignore[no-any-return]
+
+    def dlq(self, **query: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in query.items() if v is not None}
+        return self.request("GET", "/v1/dlq", params=params)[1]["jobs"]  # type: ignore[no-any-return]
+
+    def requeue(self, job_id: str, *, fresh: bool) -> dict[str, Any]:
+        body = self.request("POST", f"/v1/dlq/{job_id}/requeue", json={"fresh": fresh})[1]
+        return body["job"]  # type: ignore[no-any-return]
+
+    def purge(self, *, ids: list[str] | None = None, everything: bool = False) -> int:
+        payload: dict[str, Any] = {"all": True} if everything else {"ids": ids or []}
+        return int(self.request("POST", "/v1/dlq/purge", json=payload)[1]["purged"])

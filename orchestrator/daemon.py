@@ -157,6 +157,7 @@ class Daemon:
             budgets=self.budgets,
             clock=self.clock,
             interval=settings.poll_interval,
+            on_requeue=self._submitted,
         )
         for account in self.config.accounts:
             if account.enabled:

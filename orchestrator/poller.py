@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable
 
 import anyio
 
+from .catalog import classify_error, classify_fail_reason
 from .clock import ClockLike
 from .errors import TikTokApiError, TikTokError, TokenError
 from .jobs import Job, JobState, Mode
 from .limits import AccountBudgets
 from .logs import fields
+from .retries import JobFailed, settle
 from .shard import post_url
 from .store import StaleTransition, Store
 from .tiktok import PublishStatus, TikTokClient
@@ -32,7 +35,8 @@ DONE = {Mode.DIRECT: "PUBLISH_COMPLETE", Mode.INBOX: "SEND_TO_USER_INBOX"}
 
 
 def outcome_of(job: Job, status: PublishStatus) -> JobState | None:
-    """The state a status answer moves the job to, or None while TikTok is still working.
+    """The state a status answer moves the job to (DEAD standing for "failed: ask the
+    retry policy"), or None while TikTok is still working.
 
     For an inbox upload, reaching the creator's inbox is the end of our part; the creator
     finishes the post in the app.
@@ -54,6 +58,8 @@ class Poller:
         budgets: Callable[[str], AccountBudgets],
         clock: ClockLike,
         interval: float,
+        on_requeue: Callable[[str], None],
+        rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -61,6 +67,8 @@ class Poller:
         self._budgets = budgets
         self._clock = clock
         self.interval = interval
+        self._on_requeue = on_requeue
+        self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
         self._limiter = anyio.CapacityLimiter(CONCURRENCY)
         self._account_locks: dict[str, anyio.Lock] = {}
@@ -133,40 +141,29 @@ class Poller:
             )
         else:
             reason = status.fail_reason or "unknown"
-            await self._store.transition(
-                job.id,
-                expect=[JobState.PROCESSING],
-                to=to,
-                now=now,
-                action="job.dead",
-                detail={"status": status.status, "fail_reason": reason},
-                error_code=reason,
-                error_message=f"TikTok could not publish the video: {reason}",
-                finished_at=now,
-                next_poll_at=None,
+            # A FAILED publish can never become a post, so a retry starts with a new init.
+            failure = JobFailed(
+                classify_fail_reason(reason),
+                f"TikTok could not publish the video: {reason}",
+                fresh_start=True,
             )
-            log.warning(
-                "TikTok failed %s: %s",
-                job.id,
-                reason,
-                extra=fields(
-                    "job.dead",
-                    job=job.id,
-                    account=job.account_id,
-                    publish_id=job.publish_id,
-                    code=reason,
-                ),
-            )
+            job = await settle(self._store, self._clock, self._rng, job, failure)
+            if job.state is JobState.RETRY_WAIT:
+                self._on_requeue(job.account_id)
+            return job.state
         return to
 
     async def _poll_failed(self, job: Job, exc: TikTokError | TokenError) -> None:
         """A failed status call says nothing about the post: record it and ask again later."""
         now = self._clock.now()
         if isinstance(exc, TikTokError):
+            c = classify_error(exc)
             attempt = await self._store.begin_attempt(
                 job_id=job.id, account_id=job.account_id, step="status", now=now
             )
-            await self._store.end_attempt(attempt, now=now, error=exc)
+            await self._store.end_attempt(
+                attempt, now=now, error=exc, error_class=c.entry.error_class.value, known=c.known
+            )
         delay = max(self.interval, getattr(exc, "retry_after", None) or 0.0)
         await self._store.checkpoint(job.id, now, next_poll_at=now + delay)
         log.warning(

@@ -76,6 +76,16 @@ def status_view(status: dict[str, Any]) -> str:
     totals = status["totals"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no jobs yet"
     lines = [head, "", body, "", f"jobs: {summary}; {status['open']} open"]
+    for item in status.get("needs_attention", []):
+        lines.append(
+            f"NEEDS A HUMAN: {item['job']} ({item['account']}) is {item['state']}"
+            f" since {item['since']}: {item['code']}"
+        )
+    for u in status.get("unknown_codes", []):
+        lines.append(
+            f"unknown error code {u['code']!r} seen {u['count']} time(s), last {u['last_seen']}"
+            f" (job {u['job']}); see `orchestrator explain`"
+        )
     if status.get("unconfigured_accounts_with_jobs"):
         lines.append(
             "accounts with jobs but no longer configured: "
@@ -137,6 +147,10 @@ def job_view(detail: dict[str, Any]) -> str:
             if a["error_code"]:
                 verdict += f" {a['http_status']} {a['error_code']}: {a['error_message']}"
             lines.append(f"  {a['started_at']}  {a['step']:13} {verdict}")
+            if a.get("classification"):
+                c = a["classification"]
+                known = "" if c["known"] else " (unknown code)"
+                lines.append(f"  {'':22}class: {c['class']}{known}: {c['message']}")
             if a["raw_response"] is not None:
                 lines.append(f"  {'':22}raw: {a['raw_response']}")
     return "\n".join(lines)

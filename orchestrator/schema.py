@@ -89,4 +89,27 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at          REAL NOT NULL
     );
     """,
+    # 2: what we made of each failure, content rejections per asset, unknown codes.
+    """
+    ALTER TABLE attempts ADD COLUMN error_class TEXT;
+    ALTER TABLE attempts ADD COLUMN known INTEGER;
+
+    CREATE TABLE rejections (
+        id              INTEGER PRIMARY KEY,
+        account_id      TEXT NOT NULL,
+        content_sha256  TEXT NOT NULL,
+        code            TEXT NOT NULL,
+        job_id          TEXT NOT NULL,
+        at              REAL NOT NULL
+    );
+    CREATE INDEX rejections_by_asset ON rejections (account_id, content_sha256);
+
+    CREATE TABLE unknown_codes (
+        code        TEXT PRIMARY KEY,
+        count       INTEGER NOT NULL,
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        last_job    TEXT
+    );
+    """,
 )

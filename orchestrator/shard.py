@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
+from .catalog import classify_error
 from .clock import ClockLike
 from .config import AccountSettings
 from .errors import (
@@ -43,6 +45,7 @@ from .jobs import (
 )
 from .limits import AccountBudgets
 from .logs import fields
+from .retries import JobFailed, local, settle
 from .store import StaleTransition, Store
 from .tiktok import TikTokClient
 from .tokens import TokenRegistry
@@ -54,16 +57,6 @@ UPLOAD_URL_LIFETIME = 3600.0  # shared/TIKTOK_API.md §1.5
 CHUNK_TRIES = 5
 TOKEN_WAIT = 300.0  # how long a job waits before trying again when its account has no token
 CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm"}
-
-
-class JobFailed(Exception):
-    """Internal: end the current job in ``to`` with this error; not an OrchestratorError."""
-
-    def __init__(self, to: JobState, code: str, message: str) -> None:
-        super().__init__(message)
-        self.to = to
-        self.code = code
-        self.message = message
 
 
 def content_type_for(path: str) -> str:
@@ -88,6 +81,7 @@ class Shard:
         clock: ClockLike,
         chunk_size: int,
         on_processing: Callable[[], None],
+        rng: random.Random | None = None,
     ) -> None:
         self.account = account
         self._store = store
@@ -97,6 +91,7 @@ class Shard:
         self._clock = clock
         self._chunk_size = chunk_size
         self._on_processing = on_processing
+        self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
         self.current_job: str | None = None
 
@@ -124,12 +119,16 @@ class Shard:
 
     async def _work(self, job: Job) -> None:
         try:
+            if job.state is JobState.RETRY_WAIT and job.publish_id:
+                job = await self._resume(job)
             if job.state is JobState.UPLOADING:
                 await self._upload(job)
-            else:
+            elif job.state is not JobState.PROCESSING:
                 await self._dispatch(job)
         except JobFailed as failure:
-            await self._finish_failed(job.id, failure)
+            current = await self._store.get_job(job.id)
+            if current is not None:
+                await settle(self._store, self._clock, self._rng, current, failure)
         except NeedsReauth:
             await self._wait_for_token(job.id, "the account needs to be authorized again")
         except TokenError as exc:
@@ -143,13 +142,31 @@ class Shard:
                 extra=fields("job.moved_elsewhere", job=job.id, account=job.account_id),
             )
 
+    async def _resume(self, job: Job) -> Job:
+        """A retry of a job TikTok already has: go on from the checkpoint, never re-init."""
+        uploaded = job.uploaded_bytes >= (job.video_size or 0) or job.upload_url is None
+        to = JobState.PROCESSING if uploaded else JobState.UPLOADING
+        job = await self._store.transition(
+            job.id,
+            expect=[JobState.RETRY_WAIT],
+            to=to,
+            now=self._clock.now(),
+            action="job.resumed",
+            detail={"publish_id": job.publish_id},
+            attempt_count=job.attempt_count + 1,
+            next_poll_at=self._clock.now() if to is JobState.PROCESSING else None,
+        )
+        if to is JobState.PROCESSING:
+            self._on_processing()
+        return job
+
     # -- dispatch: creator_info, init -------------------------------------------------------
 
     async def _dispatch(self, job: Job) -> None:
         now = self._clock.now()
         job = await self._store.transition(
             job.id,
-            expect=[JobState.QUEUED],
+            expect=[JobState.QUEUED, JobState.RETRY_WAIT],
             to=JobState.DISPATCHING,
             now=now,
             action="job.dispatching",
@@ -164,8 +181,7 @@ class Shard:
         scopes = await self._tokens.scopes(job.account_id)
         if scopes and needed not in scopes:
             raise JobFailed(
-                JobState.REVIEW,
-                "scope_not_granted",
+                local("scope_not_granted"),
                 f"the creator has not granted {needed}; ask them to authorize it",
             )
         privacy = job.privacy_level or self.account.privacy_level
@@ -181,8 +197,7 @@ class Shard:
             username = info.username
             if privacy not in info.privacy_level_options:
                 raise JobFailed(
-                    JobState.DEAD,
-                    "privacy_level_option_mismatch",
+                    local("privacy_level_option_mismatch"),
                     f"privacy level {privacy} is not offered by this creator "
                     f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
                 )
@@ -220,25 +235,26 @@ class Shard:
                     video_url=job.video_url,
                 )
             except TikTokTransportError as exc:
-                await self._store.end_attempt(
-                    attempt, now=self._clock.now(), error=exc, outcome="unknown"
-                )
+                await self._end_failed(attempt, exc, outcome="unknown")
                 if exc.maybe_acted:
                     raise JobFailed(
-                        JobState.UNCERTAIN,
-                        "init_outcome_unknown",
+                        local("init_outcome_unknown"),
                         f"the init was sent but no answer came ({exc.message}); the video "
-                        "may have been posted. Check the account, then resolve the job.",
+                        "may have been posted. Check the account, then run "
+                        f"`orchestrator job resolve {job.id} --posted` or `--not-posted`.",
+                        force=JobState.UNCERTAIN,
                     ) from exc
-                raise JobFailed(JobState.DEAD, "connect_failed", exc.message) from exc
+                # Nothing left this machine: the init can be sent again safely.
+                await self._store.checkpoint(job.id, self._clock.now(), init_sent_at=None)
+                raise JobFailed(classify_error(exc), exc.message, hint=exc.retry_after) from exc
             except TikTokApiError as exc:
-                await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
-                # A 401 means TikTok did not take the init: refresh and send it once more.
+                await self._end_failed(attempt, exc)
+                # Any error answer means TikTok did not take the init: no post exists.
+                await self._store.checkpoint(job.id, self._clock.now(), init_sent_at=None)
                 if exc.code == "access_token_invalid" and not retry_after_refresh:
-                    await self._store.checkpoint(job.id, self._clock.now(), init_sent_at=None)
                     await self._tokens.refresh(job.account_id, stale=token)
                     continue
-                raise JobFailed(JobState.DEAD, exc.code or "init_failed", exc.message) from exc
+                raise JobFailed(classify_error(exc), exc.message, hint=exc.retry_after) from exc
             break
         now = self._clock.now()
         to = JobState.UPLOADING if job.source is Source.FILE_UPLOAD else JobState.PROCESSING
@@ -284,14 +300,25 @@ class Shard:
             try:
                 result = await call(token)
             except TikTokError as exc:
-                await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
+                await self._end_failed(attempt, exc)
                 if exc.code == "access_token_invalid" and not retry_after_refresh:
                     await self._tokens.refresh(job.account_id, stale=token)
                     continue
-                raise JobFailed(JobState.DEAD, exc.code or step, exc.message) from exc
+                raise JobFailed(classify_error(exc), exc.message, hint=exc.retry_after) from exc
             await self._store.end_attempt(attempt, now=self._clock.now())
             return result
         raise AssertionError("unreachable")
+
+    async def _end_failed(self, attempt: int, exc: TikTokError, outcome: str = "") -> None:
+        c = classify_error(exc)
+        await self._store.end_attempt(
+            attempt,
+            now=self._clock.now(),
+            error=exc,
+            outcome=outcome,
+            error_class=c.entry.error_class.value,
+            known=c.known,
+        )
 
     # -- upload -----------------------------------------------------------------------------
 
@@ -305,16 +332,18 @@ class Shard:
             job_id=job.id, account_id=job.account_id, step="upload", now=self._clock.now()
         )
         offset, failures = job.uploaded_bytes, 0
+        last_error: TikTokError | None = None
         content_type = content_type_for(job.video_path)
         async with await anyio.open_file(job.video_path, "rb") as video:
             while True:
-                if offset >= plan.video_size or failures >= CHUNK_TRIES:
-                    # Bytes all sent but no 201 heard, or the chunk keeps failing: TikTok's
-                    # status says whether the upload completed.
-                    await self._settle_upload(job, attempt, offset)
-                    return
-                if self._clock.now() >= (job.upload_expires_at or 0):
-                    await self._settle_upload(job, attempt, offset)
+                if (
+                    offset >= plan.video_size
+                    or failures >= CHUNK_TRIES
+                    or self._clock.now() >= (job.upload_expires_at or 0)
+                ):
+                    # Bytes all sent but no 201 heard, the chunk keeps failing, or the URL
+                    # expired: TikTok's status says whether the upload completed.
+                    await self._settle_upload(job, attempt, offset, last_error)
                     return
                 first, last = plan.chunk_range(chunk_index_at(plan, offset))
                 await video.seek(first)
@@ -328,14 +357,16 @@ class Shard:
                         content_type=content_type,
                     )
                 except TikTokApiError as exc:
+                    last_error = exc
                     if exc.http_status in (403, 404):
-                        await self._store.end_attempt(attempt, now=self._clock.now(), error=exc)
-                        await self._settle_upload(job, None, offset)
+                        await self._end_failed(attempt, exc)
+                        await self._settle_upload(job, None, offset, exc)
                         return
                     failures += 1
                     await self._chunk_backoff(job, exc, failures)
                     continue
                 except TikTokTransportError as exc:
+                    last_error = exc
                     failures += 1
                     await self._chunk_backoff(job, exc, failures)
                     continue
@@ -382,21 +413,29 @@ class Shard:
         )
         self._on_processing()
 
-    async def _settle_upload(self, job: Job, attempt: int | None, offset: int) -> None:
+    async def _settle_upload(
+        self, job: Job, attempt: int | None, offset: int, last_error: TikTokError | None
+    ) -> None:
         """The upload cannot go on (URL expired, chunks keep failing, or the last answer was
-        lost): ask TikTok whether it has the whole video before deciding anything."""
+        lost): ask TikTok whether it has the whole video before deciding anything.
+
+        Only when TikTok says the upload is incomplete *and* the upload URL is dead may the
+        next try start with a new init; in every other case it resumes this publish.
+        """
         assert job.publish_id
         try:
             token = await self._tokens.access_token(job.account_id)
             await self._budgets.acquire("status")
             status = await self._client.fetch_status(token, job.publish_id)
-        except (TikTokError, TokenError) as exc:
+        except TikTokError as exc:
             raise JobFailed(
-                JobState.DEAD,
-                "upload_incomplete",
+                classify_error(exc),
                 f"the upload stopped at byte {offset} and TikTok's status could not be read "
-                f"({exc.message}); requeue the job to resume or start fresh",
+                f"({exc.message}); the next try resumes this upload",
+                hint=exc.retry_after,
             ) from exc
+        except TokenError as exc:
+            raise JobFailed(local("upload_incomplete"), exc.message) from exc
         if (status.uploaded_bytes or 0) >= (job.video_size or 0) or status.status not in (
             "PROCESSING_UPLOAD",
             "",
@@ -405,43 +444,24 @@ class Shard:
             return
         if attempt is not None:
             await self._store.end_attempt(attempt, now=self._clock.now(), outcome="error")
+        expired = self._clock.now() >= (job.upload_expires_at or 0) or (
+            last_error is not None and last_error.http_status in (403, 404)
+        )
+        if expired or last_error is None:
+            raise JobFailed(
+                local("upload_incomplete"),
+                f"the upload stopped at byte {offset} of {job.video_size} and its URL is no "
+                "longer valid; the next try starts with a new init",
+                fresh_start=True,
+            )
         raise JobFailed(
-            JobState.DEAD,
-            "upload_incomplete",
-            f"the upload stopped at byte {offset} of {job.video_size} and cannot continue "
-            "(upload URL expired or chunks kept failing); requeue the job to start fresh",
+            classify_error(last_error),
+            f"chunk uploads kept failing at byte {offset} ({last_error.message}); "
+            "the next try resumes this upload",
+            hint=last_error.retry_after,
         )
 
     # -- endings ----------------------------------------------------------------------------
-
-    async def _finish_failed(self, job_id: str, failure: JobFailed) -> None:
-        now = self._clock.now()
-        job = await self._store.transition(
-            job_id,
-            expect=[JobState.DISPATCHING, JobState.UPLOADING],
-            to=failure.to,
-            now=now,
-            action=f"job.{failure.to.value}",
-            detail={"code": failure.code},
-            error_code=failure.code,
-            error_message=failure.message,
-            finished_at=now if failure.to is JobState.DEAD else None,
-        )
-        level = logging.ERROR if failure.to is JobState.UNCERTAIN else logging.WARNING
-        log.log(
-            level,
-            "job %s is %s: %s",
-            job.id,
-            failure.to.value,
-            failure.message,
-            extra=fields(
-                f"job.{failure.to.value}",
-                job=job.id,
-                account=job.account_id,
-                publish_id=job.publish_id,
-                code=failure.code,
-            ),
-        )
 
     async def _wait_for_token(self, job_id: str, reason: str) -> None:
         """No usable token: the job waits in the queue (it is pinned to this account)."""

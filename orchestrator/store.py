@@ -54,6 +54,17 @@ class Attempt:
     error_message: str | None
     log_id: str | None
     raw: str | None
+    error_class: str | None = None
+    known: bool | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnknownCode:
+    code: str
+    count: int
+    first_seen: float
+    last_seen: float
+    last_job: str | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -295,7 +306,10 @@ class Store:
             )
         ]
         attempts = [
-            Attempt(**{k: r[k] for k in r.keys()})  # noqa: SIM118 - sqlite3.Row is not a dict
+            Attempt(
+                **{k: r[k] for k in r.keys() if k != "known"},  # noqa: SIM118 - a Row, not a dict
+                known=None if r["known"] is None else bool(r["known"]),
+            )
             for r in await self._fetchall(
                 "SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)
             )
@@ -314,18 +328,73 @@ class Store:
         )
         if row is None:
             row = await self._fetchone(
-                "SELECT * FROM jobs WHERE account_id = ? AND state = 'queued' AND not_before <= ? "
-                "ORDER BY lane = 'retry', not_before, created_at LIMIT 1",
+                "SELECT * FROM jobs WHERE account_id = ? AND state IN ('queued', 'retry_wait') "
+                "AND not_before <= ? ORDER BY lane = 'retry', not_before, created_at LIMIT 1",
                 (account_id, now),
             )
         return _job_from_row(row) if row else None
 
     async def next_due_time(self, account_id: str) -> float | None:
         row = await self._fetchone(
-            "SELECT MIN(not_before) FROM jobs WHERE account_id = ? AND state = 'queued'",
+            "SELECT MIN(not_before) FROM jobs WHERE account_id = ? "
+            "AND state IN ('queued', 'retry_wait')",
             (account_id,),
         )
         return row[0] if row else None
+
+    async def delete_jobs(self, job_ids: Sequence[str], *, only_state: JobState) -> int:
+        """Remove jobs for good (an operator's purge); only those in ``only_state``."""
+
+        async def tx(conn: aiosqlite.Connection) -> int:
+            gone = 0
+            for job_id in job_ids:
+                cur = await conn.execute(
+                    "DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, only_state.value)
+                )
+                if cur.rowcount:
+                    gone += 1
+                    await conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                    await conn.execute("DELETE FROM attempts WHERE job_id = ?", (job_id,))
+            return gone
+
+        return await self._write(tx)
+
+    # -- what failures teach ----------------------------------------------------------------
+
+    async def record_rejection(
+        self, *, account_id: str, content_sha256: str, code: str, job_id: str, now: float
+    ) -> int:
+        """Remember a content rejection; returns how many this asset has had on this account."""
+
+        async def tx(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "INSERT INTO rejections (account_id, content_sha256, code, job_id, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (account_id, content_sha256, code, job_id, now),
+            )
+            async with conn.execute(
+                "SELECT COUNT(*) FROM rejections WHERE account_id = ? AND content_sha256 = ?",
+                (account_id, content_sha256),
+            ) as cur:
+                row = await cur.fetchone()
+            return int(row[0]) if row else 1
+
+        return await self._write(tx)
+
+    async def count_unknown_code(self, code: str, *, job_id: str | None, now: float) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO unknown_codes (code, count, first_seen, last_seen, last_job) "
+                "VALUES (?, 1, ?, ?, ?) ON CONFLICT (code) DO UPDATE SET count = count + 1, "
+                "last_seen = excluded.last_seen, last_job = excluded.last_job",
+                (code, now, now, job_id),
+            )
+
+        await self._write(tx)
+
+    async def unknown_codes(self) -> list[UnknownCode]:
+        rows = await self._fetchall("SELECT * FROM unknown_codes ORDER BY last_seen DESC")
+        return [UnknownCode(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
 
     async def transition(
         self,
@@ -400,15 +469,24 @@ class Store:
         return await self._write(tx)
 
     async def end_attempt(
-        self, attempt_id: int, *, now: float, error: TikTokError | None = None, outcome: str = ""
+        self,
+        attempt_id: int,
+        *,
+        now: float,
+        error: TikTokError | None = None,
+        outcome: str = "",
+        error_class: str | None = None,
+        known: bool | None = None,
     ) -> None:
+        """Record how a call ended: TikTok's raw answer beside what we made of it."""
         outcome = outcome or ("error" if error else "ok")
         raw = (error.raw or "")[:RAW_LIMIT] if error else None
 
         async def tx(conn: aiosqlite.Connection) -> None:
             await conn.execute(
                 "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, "
-                "error_code = ?, error_message = ?, log_id = ?, raw = ? WHERE id = ?",
+                "error_code = ?, error_message = ?, log_id = ?, raw = ?, error_class = ?, "
+                "known = ? WHERE id = ?",
                 (
                     now,
                     outcome,
@@ -417,6 +495,8 @@ class Store:
                     error.message if error else None,
                     error.log_id if error else None,
                     raw,
+                    error_class,
+                    None if known is None else int(known),
                     attempt_id,
                 ),
             )

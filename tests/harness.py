@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import httpx
 
+from orchestrator.config import load_config
+from orchestrator.daemon import Daemon
 from orchestrator.demo import toml_value
 from orchestrator.sandbox import Sandbox
 
 T = TypeVar("T")
 SCALE = 60.0
+KEY, SECRET = "test-key", "test-secret-value-1234"
 
 
 def write_config(
@@ -112,3 +116,33 @@ def api(socket_path: Path) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(uds=str(socket_path)), base_url="http://orchestrator"
     )
+
+
+@asynccontextmanager
+async def running(config_path: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    daemon = Daemon(load_config(config_path))
+    async with anyio.create_task_group() as tg:
+        await tg.start(daemon.run)
+        async with api(daemon.config.daemon.socket_path) as client:
+            yield daemon, client
+        daemon.request_stop()
+
+
+async def job_state(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def until_ended(client: httpx.AsyncClient, job_id: str, timeout: float = 30) -> str:
+    async def ended() -> str | None:
+        state = (await job_state(client, job_id))["job"]["state"]
+        return state if state in {"published", "dead", "uncertain", "review"} else None
+
+    return await wait_for(ended, timeout=timeout, what=f"{job_id} to end")
+
+
+async def submit(client: httpx.AsyncClient, **payload: Any) -> dict[str, Any]:
+    response = await client.post("/v1/jobs", json=payload)
+    assert response.status_code == 201, response.text
+    return response.json()["job"]  # type: ignore[no-any-return]

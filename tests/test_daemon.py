@@ -2,72 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from orchestrator.config import load_config
 from orchestrator.daemon import Daemon
-from orchestrator.sandbox import Sandbox, SandboxConfig
+from orchestrator.sandbox import Sandbox
 
-from .harness import SCALE, api, make_video, wait_for, write_config
+from .harness import KEY, SECRET, job_state, make_video, running, submit, until_ended, write_config
 
 pytestmark = pytest.mark.anyio
-KEY, SECRET = "test-key", "test-secret-value-1234"
-
-
-@pytest.fixture
-def epoch() -> float:
-    return time.time()
-
-
-@pytest.fixture
-def sandbox(epoch: float) -> Iterator[Sandbox]:
-    config = SandboxConfig(
-        time_scale=SCALE,
-        epoch=epoch,
-        processing_seconds=20.0,
-        client_key=KEY,
-        client_secret=SECRET,
-    )
-    with Sandbox(config) as sb:
-        yield sb
-
-
-@asynccontextmanager
-async def running(config_path: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
-    daemon = Daemon(load_config(config_path))
-    async with anyio.create_task_group() as tg:
-        await tg.start(daemon.run)
-        async with api(daemon.config.daemon.socket_path) as client:
-            yield daemon, client
-        daemon.request_stop()
-
-
-async def job_state(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-async def until_ended(client: httpx.AsyncClient, job_id: str, timeout: float = 30) -> str:
-    async def ended() -> str | None:
-        state = (await job_state(client, job_id))["job"]["state"]
-        return state if state in {"published", "dead", "uncertain", "review"} else None
-
-    return await wait_for(ended, timeout=timeout, what=f"{job_id} to end")
-
-
-async def submit(client: httpx.AsyncClient, **payload: Any) -> dict[str, Any]:
-    response = await client.post("/v1/jobs", json=payload)
-    assert response.status_code == 201, response.text
-    return response.json()["job"]  # type: ignore[no-any-return]
 
 
 async def test_posts_to_several_accounts_exactly_once(
@@ -215,7 +162,7 @@ async def test_init_error_keeps_tiktoks_raw_answer(
                 {
                     "endpoint": "video_init",
                     "fault": "error",
-                    "code": "spam_risk_user_banned_from_posting",
+                    "code": "unaudited_client_can_only_post_to_private_accounts",
                 }
             ]
         }
@@ -227,8 +174,11 @@ async def test_init_error_keeps_tiktoks_raw_answer(
         detail = await job_state(client, job["id"])
     init = [a for a in detail["attempts"] if a["step"] == "init"]
     assert init[0]["http_status"] == 403
-    assert init[0]["error_code"] == "spam_risk_user_banned_from_posting"
-    assert init[0]["raw_response"]["error"]["code"] == "spam_risk_user_banned_from_posting"
+    assert init[0]["error_code"] == "unaudited_client_can_only_post_to_private_accounts"
+    assert (
+        init[0]["raw_response"]["error"]["code"]
+        == "unaudited_client_can_only_post_to_private_accounts"
+    )
 
 
 async def test_init_without_answer_is_uncertain_and_never_reposted(
