@@ -34,7 +34,7 @@ from .config import Config
 from .errors import ApiError
 from .httpd import Request, Response
 from .intake import build_job, parse_submission, spool_video
-from .jobs import TERMINAL, Job, JobState
+from .jobs import TERMINAL, Job, JobState, entering_processing
 from .logs import fields
 from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome
 
@@ -351,7 +351,8 @@ class ControlApi:
             # TikTok already has this publish: follow it, never post it again.
             uploaded = job.uploaded_bytes >= (job.video_size or 0) or job.upload_url is None
             to = JobState.PROCESSING if uploaded else JobState.RETRY_WAIT
-            changes["next_poll_at"] = now if uploaded else None
+            if uploaded:
+                changes |= entering_processing(now)
         job = await self._store.transition(
             job_id,
             expect=[job.state],
@@ -425,6 +426,15 @@ class ControlApi:
             }
             for state in (JobState.UNCERTAIN, JobState.REVIEW)
             for j in await self._store.list_jobs(state=state.value, limit=20)
+        ] + [
+            {
+                "job": j.id,
+                "account": j.account_id,
+                "state": "stuck",
+                "code": f"processing since {iso(j.processing_since)}",
+                "since": iso(j.stuck_at),
+            }
+            for j in await self._store.stuck_posts()
         ]
         unknown_codes = [
             {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}

@@ -522,6 +522,13 @@ ROWS: tuple[Row, ...] = (
        causes=["A timeout or dropped connection after the init request left."],
        fixes=["Look for the video on the creator's profile or in the TikTok app.",
               "Resolve the job with --posted or --not-posted; never resubmit blindly."]),
+    _e("processing_stuck", "local", OURS, "review", counts=False,
+       message="TikTok has been processing this post for longer than review_stuck_after; "
+       "polling stopped and a human decides.",
+       causes=["Moderation of a public post can take hours.",
+               "TikTok lost the publish and its status never changes."],
+       fixes=["Check the creator's profile for the video.",
+              "Requeue it (`orchestrator dlq requeue ID`) to poll again, or resolve by hand."]),
     _e("connect_failed", "local", OURS, "retry", counts=False,
        message="TikTok could not be reached before the init; nothing was posted.",
        causes=["Network, DNS or firewall trouble on this host."],

@@ -56,7 +56,10 @@ class DaemonSettings:
     state_dir: Path
     socket_path: Path
     log_level: str = "info"
-    poll_interval: float = 10.0
+    poll_interval: float = 120.0
+    stuck_after: float = 600.0
+    review_stuck_after: float = 86400.0
+    reconcile_interval: float = 900.0
     # For demos and tests against the sandbox only: simulated seconds per wall second.
     time_scale: float = 1.0
     clock_epoch: float | None = None
@@ -185,7 +188,10 @@ def _read_daemon(t: _Table) -> DaemonSettings:
         state_dir=state_dir,
         socket_path=socket_path,
         log_level=t.get("log_level", _choice(LOG_LEVELS), "info"),
-        poll_interval=t.get("poll_interval", _positive, 10.0),
+        poll_interval=t.get("poll_interval", _positive, 120.0),
+        stuck_after=t.get("stuck_after", _positive, 600.0),
+        review_stuck_after=t.get("review_stuck_after", _positive, 86400.0),
+        reconcile_interval=t.get("reconcile_interval", _positive, 900.0),
         time_scale=t.get("time_scale", _positive, 1.0),
         clock_epoch=t.get("clock_epoch", _number, None),
         upload_chunk_size=t.get(

@@ -14,14 +14,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import __version__
 from .api import ControlApi
@@ -75,6 +77,8 @@ class Daemon:
         self.api: ControlApi | None = None
         self.poller: Poller | None = None
         self._stop = anyio.Event()
+        self._sweep_due = anyio.Event()
+        self.store: Store | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -111,7 +115,7 @@ class Daemon:
     async def _run_locked(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         settings = self.config.daemon
         secret = self.config.tiktok.client_secret
-        store = await Store.open(settings.state_dir / "orchestrator.db")
+        store = self.store = await Store.open(settings.state_dir / "orchestrator.db")
         try:
             moved = await store.recover(self.clock.now())
             if any(moved.values()):
@@ -158,6 +162,8 @@ class Daemon:
             clock=self.clock,
             interval=settings.poll_interval,
             on_requeue=self._submitted,
+            stuck_after=settings.stuck_after,
+            review_stuck_after=settings.review_stuck_after,
         )
         for account in self.config.accounts:
             if account.enabled:
@@ -179,11 +185,18 @@ class Daemon:
             on_submitted=self._submitted,
             live=self.statistics,
         )
-        async with anyio.create_task_group() as tg:
+        for job in await store.list_jobs(state="uncertain", limit=1000):
+            log.warning(
+                "%s is still uncertain: it may have been posted; resolve it by hand",
+                job.id,
+                extra=fields("job.uncertain_pending", job=job.id, account=job.account_id),
+            )
+        async with anyio.create_task_group() as tg, self._timers():
             await tg.start(serve_unix, settings.socket_path, self.api.handle)
             for shard in self.shards.values():
                 tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
             tg.start_soon(self.poller.run, name="poller")
+            tg.start_soon(self._sweeper, name="sweeper")
             tg.start_soon(self._signals, name="signals")
             log.info(
                 "orchestrator %s ready: %d accounts, socket %s",
@@ -198,6 +211,36 @@ class Daemon:
             tg.cancel_scope.cancel()
         settings.socket_path.unlink(missing_ok=True)
         log.info("stopped", extra=fields("daemon.stopped"))
+
+    @asynccontextmanager
+    async def _timers(self) -> AsyncIterator[AsyncIOScheduler]:
+        """APScheduler as a timer only: its jobs just wake supervised tasks, and everything it
+        would otherwise have to remember lives in SQLite (shared/LIBRARIES.md)."""
+        scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+        scheduler.add_job(
+            self._request_sweep,
+            "interval",
+            seconds=self.clock.real_seconds(self.config.daemon.reconcile_interval),
+            id="reconcile",
+        )
+        scheduler.start()
+        try:
+            yield scheduler
+        finally:
+            scheduler.shutdown(wait=False)
+
+    async def _request_sweep(self) -> None:
+        self._sweep_due.set()
+
+    async def _sweeper(self) -> None:
+        assert self.poller is not None
+        while True:
+            await self._sweep_due.wait()
+            self._sweep_due = anyio.Event()
+            await self.poller.sweep()
 
     async def _signals(self) -> None:
         # The daemon's one signal owner for its whole life (see shared/LIBRARIES.md).

@@ -55,6 +55,32 @@ SCOPE_FOR_MODE = {Mode.DIRECT: "video.publish", Mode.INBOX: "video.upload"}
 MAX_CAPTION_UTF16 = 2200
 
 
+# When to ask TikTok about a post it is processing: soon after the upload, when short videos
+# are usually done, then at a steady interval (seconds after processing began).
+EARLY_POLLS = (10.0, 30.0, 60.0, 120.0)
+MIN_POLL_GAP = 5.0
+
+
+def entering_processing(now: float) -> dict[str, Any]:
+    """The fields a job gets when TikTok has every byte (or has started a pull)."""
+    return {
+        "processing_since": now,
+        "polls": 0,
+        "stuck_at": None,
+        "next_poll_at": now + EARLY_POLLS[0],
+    }
+
+
+def next_poll_at(*, since: float, polls: int, now: float, steady: float) -> float:
+    """The time of poll number ``polls + 1`` (``polls`` have been made so far)."""
+    if polls < len(EARLY_POLLS):
+        planned = since + EARLY_POLLS[polls]
+    else:
+        planned = since + EARLY_POLLS[-1] + steady * (polls - len(EARLY_POLLS) + 1)
+    # A late poll (budget, restart) must not be followed by a burst of catch-up polls.
+    return max(planned, now + MIN_POLL_GAP)
+
+
 def new_job_id() -> str:
     return "j_" + secrets.token_hex(6)
 
@@ -89,6 +115,10 @@ class Job:
     # Set, durably, right before the init request leaves: from then on a post may exist.
     init_sent_at: float | None = None
     next_poll_at: float | None = None
+    # Invariant: a job in `processing` has processing_since (when TikTok got every byte).
+    processing_since: float | None = None
+    polls: int = 0
+    stuck_at: float | None = None
     post_ids: tuple[str, ...] = ()
     post_url: str | None = None
     error_code: str | None = None

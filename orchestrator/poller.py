@@ -1,9 +1,14 @@
 """Follows every accepted post to the end: PUBLISH_COMPLETE, FAILED, or still processing.
 
 Separate from the shards so an account's next job does not wait for TikTok's processing of
-the previous one. The schedule lives in the store (``next_poll_at``), so a restart resumes
-polling exactly where it was. Status calls share the account's per-token budget with its
-shard (30/min, shared/TIKTOK_API.md §3), and polls of one account never run concurrently.
+the previous one. Each post is asked about 10, 30, 60 and 120 s after TikTok got it, then
+every ``poll_interval`` (``jobs.next_poll_at``). The schedule lives in the store, so a restart
+resumes polling exactly where it was. Status calls share the account's per-token budget with
+its shard (30/min, shared/TIKTOK_API.md §3), and polls of one account never run concurrently.
+
+A post still processing after ``stuck_after`` is flagged (an event, a log line, and a line in
+status); after ``review_stuck_after`` it goes to a human. Independently of the schedule, the
+reconciliation ``sweep`` asks again about every unsettled post of the last 24 h.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import anyio
 from .catalog import classify_error, classify_fail_reason
 from .clock import ClockLike
 from .errors import TikTokApiError, TikTokError, TokenError
-from .jobs import Job, JobState, Mode
+from .jobs import Job, JobState, Mode, next_poll_at
 from .limits import AccountBudgets
 from .logs import fields
-from .retries import JobFailed, settle
+from .retries import JobFailed, local, settle
 from .shard import post_url
 from .store import StaleTransition, Store
 from .tiktok import PublishStatus, TikTokClient
@@ -30,6 +35,7 @@ from .tokens import TokenRegistry
 log = logging.getLogger(__name__)
 
 BATCH = 256
+SWEEP_WINDOW = 86400.0
 CONCURRENCY = 32
 DONE = {Mode.DIRECT: "PUBLISH_COMPLETE", Mode.INBOX: "SEND_TO_USER_INBOX"}
 
@@ -59,6 +65,8 @@ class Poller:
         clock: ClockLike,
         interval: float,
         on_requeue: Callable[[str], None],
+        stuck_after: float = 600.0,
+        review_stuck_after: float = 86400.0,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -67,6 +75,8 @@ class Poller:
         self._budgets = budgets
         self._clock = clock
         self.interval = interval
+        self.stuck_after = stuck_after
+        self.review_stuck_after = review_stuck_after
         self._on_requeue = on_requeue
         self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
@@ -98,7 +108,33 @@ class Poller:
             except StaleTransition:
                 pass  # moved by someone else (a cancel, or a second poll of the same job)
 
-    async def poll(self, job: Job) -> JobState | None:
+    async def sweep(self) -> dict[str, int]:
+        """Ask TikTok again about every unsettled post of the last 24 h, whatever the schedule
+        says: a lost wake-up, a mistaken belief or a bug in the schedule is caught here."""
+        now = self._clock.now()
+        jobs = await self._store.unsettled_posts(now - SWEEP_WINDOW)
+        corrected = 0
+        for job in jobs:
+            lock = self._account_locks.setdefault(job.account_id, anyio.Lock())
+            async with lock:
+                current = await self._store.get_job(job.id)
+                if current is None or current.state is not JobState.PROCESSING:
+                    continue
+                try:
+                    outcome = await self.poll(current, via="sweep")
+                except StaleTransition:
+                    continue
+            if outcome is not None:
+                corrected += 1
+        log.info(
+            "reconciliation sweep: %d unsettled posts checked, %d settled by the sweep",
+            len(jobs),
+            corrected,
+            extra=fields("sweep.done", checked=len(jobs), settled=corrected),
+        )
+        return {"checked": len(jobs), "settled": corrected}
+
+    async def poll(self, job: Job, *, via: str = "schedule") -> JobState | None:
         assert job.publish_id
         await self._budgets(job.account_id).acquire("status")
         try:
@@ -117,8 +153,7 @@ class Poller:
         now = self._clock.now()
         to = outcome_of(job, status)
         if to is None:
-            await self._store.checkpoint(job.id, now, next_poll_at=now + self.interval)
-            return None
+            return await self._still_processing(job, now)
         if to is JobState.PUBLISHED:
             await self._store.transition(
                 job.id,
@@ -126,7 +161,7 @@ class Poller:
                 to=to,
                 now=now,
                 action="job.published",
-                detail={"status": status.status, "post_ids": list(status.post_ids)},
+                detail={"status": status.status, "post_ids": list(status.post_ids), "via": via},
                 post_ids=status.post_ids,
                 post_url=post_url(job.options.get("creator_username"), status.post_ids),
                 finished_at=now,
@@ -152,6 +187,37 @@ class Poller:
                 self._on_requeue(job.account_id)
             return job.state
         return to
+
+    async def _still_processing(self, job: Job, now: float) -> JobState | None:
+        since = job.processing_since if job.processing_since is not None else job.updated_at
+        age = now - since
+        if age >= self.review_stuck_after:
+            failure = JobFailed(
+                local("processing_stuck"),
+                f"TikTok has been processing this post for {age / 3600:.1f} h",
+            )
+            return (await settle(self._store, self._clock, self._rng, job, failure)).state
+        changes: dict[str, object] = {
+            "polls": job.polls + 1,
+            "next_poll_at": next_poll_at(
+                since=since, polls=job.polls + 1, now=now, steady=self.interval
+            ),
+        }
+        if age >= self.stuck_after and job.stuck_at is None:
+            changes["stuck_at"] = now
+            await self._store.add_event(
+                job.id, now, "job.stuck", {"processing_for": round(age), "polls": job.polls + 1}
+            )
+            log.warning(
+                "%s has been processing for %d s",
+                job.id,
+                age,
+                extra=fields(
+                    "job.stuck", job=job.id, account=job.account_id, publish_id=job.publish_id
+                ),
+            )
+        await self._store.checkpoint(job.id, now, **changes)
+        return None
 
     async def _poll_failed(self, job: Job, exc: TikTokError | TokenError) -> None:
         """A failed status call says nothing about the post: record it and ask again later."""

@@ -112,4 +112,10 @@ MIGRATIONS: tuple[str, ...] = (
         last_job    TEXT
     );
     """,
+    # 3: the polling schedule of a processing post, and when it was found stuck.
+    """
+    ALTER TABLE jobs ADD COLUMN processing_since REAL;
+    ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN stuck_at REAL;
+    """,
 )

@@ -41,6 +41,7 @@ from .jobs import (
     Mode,
     Source,
     chunk_index_at,
+    entering_processing,
     plan_chunks,
 )
 from .limits import AccountBudgets
@@ -154,7 +155,7 @@ class Shard:
             action="job.resumed",
             detail={"publish_id": job.publish_id},
             attempt_count=job.attempt_count + 1,
-            next_poll_at=self._clock.now() if to is JobState.PROCESSING else None,
+            **(entering_processing(self._clock.now()) if to is JobState.PROCESSING else {}),
         )
         if to is JobState.PROCESSING:
             self._on_processing()
@@ -271,7 +272,7 @@ class Shard:
             chunk_size=plan.chunk_size if plan else None,
             chunk_count=plan.chunk_count if plan else None,
             uploaded_bytes=0,
-            next_poll_at=now,
+            **(entering_processing(now) if to is JobState.PROCESSING else {}),
             options={**job.options, "creator_username": username} if username else job.options,
         )
         await self._store.end_attempt(attempt, now=now)
@@ -400,7 +401,7 @@ class Shard:
             now=now,
             action="job.uploaded",
             uploaded_bytes=job.video_size,
-            next_poll_at=now,
+            **entering_processing(now),
         )
         if attempt is not None:
             await self._store.end_attempt(attempt, now=now)

@@ -123,6 +123,9 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         uploaded_bytes=row["uploaded_bytes"],
         init_sent_at=row["init_sent_at"],
         next_poll_at=row["next_poll_at"],
+        processing_since=row["processing_since"],
+        polls=row["polls"],
+        stuck_at=row["stuck_at"],
         post_ids=tuple(json.loads(row["post_ids"])),
         post_url=row["post_url"],
         error_code=row["error_code"],
@@ -508,6 +511,23 @@ class Store:
             "SELECT * FROM jobs WHERE state = 'processing' AND next_poll_at <= ? "
             "ORDER BY next_poll_at LIMIT ?",
             (now, limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def unsettled_posts(self, since: float) -> list[Job]:
+        """Posts TikTok accepted since ``since`` that have no final state yet (the sweep's)."""
+        rows = await self._fetchall(
+            "SELECT * FROM jobs WHERE state = 'processing' AND processing_since >= ? "
+            "ORDER BY processing_since",
+            (since,),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def stuck_posts(self, limit: int = 20) -> list[Job]:
+        rows = await self._fetchall(
+            "SELECT * FROM jobs WHERE state = 'processing' AND stuck_at IS NOT NULL "
+            "ORDER BY stuck_at LIMIT ?",
+            (limit,),
         )
         return [_job_from_row(r) for r in rows]
 

@@ -79,7 +79,7 @@ def test_daemon_and_tiktok_defaults() -> None:
     assert d.state_dir == Path("/var/lib/orchestrator")
     assert d.socket_path == Path("/var/lib/orchestrator/orchestrator.sock")
     assert d.log_level == "info"
-    assert d.poll_interval == 10.0
+    assert d.poll_interval == 120.0
     assert d.time_scale == 1.0
     assert d.clock_epoch is None
     assert d.upload_chunk_size == 10_485_760
