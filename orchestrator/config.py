@@ -121,11 +121,23 @@ class AccountSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookSettings:
+    """TikTok's webhooks, when a public callback URL forwards to this listener."""
+
+    host: str
+    port: int
+    path: str = "/tiktok/webhook"
+    # How old a signature's timestamp may be before the delivery is refused as a replay.
+    tolerance: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
     path: Path
     daemon: DaemonSettings
     tiktok: TikTokSettings
     accounts: tuple[AccountSettings, ...] = ()
+    webhooks: WebhookSettings | None = None
     _by_id: dict[str, AccountSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -160,10 +172,11 @@ def parse_config(text: str, *, path: Path) -> Config:
     top = _Table(data, problems, base=path.parent)
     daemon = _read_daemon(top.table("daemon"))
     tiktok = _read_tiktok(top.table("tiktok"))
+    webhooks = _read_webhooks(top.table("webhooks")) if "webhooks" in data else None
     accounts = _read_accounts(top)
     top.finish()
     _raise_if_any(problems, str(path))
-    return Config(path=path, daemon=daemon, tiktok=tiktok, accounts=accounts)
+    return Config(path=path, daemon=daemon, tiktok=tiktok, accounts=accounts, webhooks=webhooks)
 
 
 def _describe_syntax_error(message: str) -> str:
@@ -224,6 +237,25 @@ def _read_tiktok(t: _Table) -> TikTokSettings:
         client_secret_file=t.get("client_secret_file", t.path, None),
         client_secret_credential=t.get("client_secret_credential", _credential_name, None),
         redirect_uri=t.get("redirect_uri", _url, None),
+    )
+    t.finish()
+    return settings
+
+
+def _read_webhooks(t: _Table) -> WebhookSettings:
+    listen = t.required("listen", _nonempty, "127.0.0.1:0")
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text) if port_text.isdigit() else -1
+    if not host or not 0 <= port <= 65535:  # 0: any free port (tests)
+        t.add(f'{listen!r} is not HOST:PORT (for example "127.0.0.1:8700")', "listen")
+    path = t.get("path", _nonempty, "/tiktok/webhook")
+    if not path.startswith("/"):
+        t.add("must start with /", "path")
+    settings = WebhookSettings(
+        host=host.strip("[]") or "127.0.0.1",
+        port=max(port, 0),
+        path=path,
+        tolerance=t.get("tolerance", _positive, 300.0),
     )
     t.finish()
     return settings

@@ -30,7 +30,7 @@ from .api import ControlApi
 from .clock import Clock, ClockLike
 from .config import Config
 from .errors import DaemonAlreadyRunning, TokenError
-from .httpd import serve_unix
+from .httpd import serve_tcp, serve_unix
 from .limits import AccountBudgets
 from .logs import fields
 from .poller import Poller
@@ -38,6 +38,7 @@ from .shard import Shard
 from .store import Store
 from .tiktok import TikTokClient
 from .tokens import TokenRegistry
+from .webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._sweep_due = anyio.Event()
         self.store: Store | None = None
+        self.webhook_port: int | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -198,6 +200,26 @@ class Daemon:
             tg.start_soon(self.poller.run, name="poller")
             tg.start_soon(self._sweeper, name="sweeper")
             tg.start_soon(self._signals, name="signals")
+            if self.config.webhooks is not None:
+                hooks = self.config.webhooks
+                receiver = WebhookReceiver(
+                    store=store,
+                    clock=self.clock,
+                    secret=self.config.tiktok.client_secret,
+                    path=hooks.path,
+                    tolerance=hooks.tolerance,
+                    poll_now=self.poller.wake,
+                )
+                self.webhook_port = await tg.start(
+                    serve_tcp, hooks.host, hooks.port, receiver.handle
+                )
+                log.info(
+                    "webhooks on %s:%d%s",
+                    hooks.host,
+                    self.webhook_port,
+                    hooks.path,
+                    extra=fields("webhook.listening", port=self.webhook_port),
+                )
             log.info(
                 "orchestrator %s ready: %d accounts, socket %s",
                 __version__,

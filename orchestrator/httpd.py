@@ -119,10 +119,25 @@ async def serve_unix(
         await listener.serve(lambda stream: _connection(stream, handler))
 
 
+async def serve_tcp(
+    host: str,
+    port: int,
+    handler: Handler,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The same server on TCP (webhooks); ``task_status`` reports the bound port."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    async with listener:
+        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started(bound)
+        await listener.serve(lambda stream: _connection(stream, handler))
+
+
 async def _connection(stream: anyio.abc.SocketStream, handler: Handler) -> None:
     try:
         raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        peer = peer_credentials(raw_socket)
+        peer = peer_credentials(raw_socket) if raw_socket.family == socket.AF_UNIX else None
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         async with stream:
             while True:

@@ -118,4 +118,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN stuck_at REAL;
     """,
+    # 4: webhook deliveries already handled (TikTok delivers at least once).
+    """
+    CREATE TABLE webhook_deliveries (
+        key     TEXT PRIMARY KEY,
+        event   TEXT NOT NULL,
+        at      REAL NOT NULL
+    );
+    """,
 )

@@ -523,6 +523,22 @@ class Store:
         )
         return [_job_from_row(r) for r in rows]
 
+    async def job_by_publish_id(self, publish_id: str) -> Job | None:
+        row = await self._fetchone("SELECT * FROM jobs WHERE publish_id = ?", (publish_id,))
+        return _job_from_row(row) if row else None
+
+    async def first_delivery(self, key: str, event: str, now: float) -> bool:
+        """Record a webhook delivery; False if it was seen before (a redelivery)."""
+
+        async def tx(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (key, event, at) VALUES (?, ?, ?)",
+                (key, event, now),
+            )
+            return bool(cur.rowcount)
+
+        return await self._write(tx)
+
     async def stuck_posts(self, limit: int = 20) -> list[Job]:
         rows = await self._fetchall(
             "SELECT * FROM jobs WHERE state = 'processing' AND stuck_at IS NOT NULL "

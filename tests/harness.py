@@ -39,6 +39,7 @@ def write_config(
     poll_interval: float = 5.0,
     user_options: dict[str, dict[str, Any]] | None = None,
     extra_daemon: dict[str, Any] | None = None,
+    extra_toml: str = "",
 ) -> Path:
     """Creates sandbox users for ``accounts``, their token files, and the accounts TOML."""
     (tmp_path / "tokens").mkdir(exist_ok=True)
@@ -74,7 +75,7 @@ def write_config(
             f"token_file = {toml_value(token_file)}",
         ]
     path = tmp_path / "accounts.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path
 
 
