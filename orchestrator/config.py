@@ -75,6 +75,13 @@ class TikTokSettings:
     client_secret_file: Path | None = None
     client_secret_credential: str | None = None
     redirect_uri: str | None = None
+    # The key that encrypts tokens at rest: at most one of the two (none: stored in clear, in
+    # a 0600 database file).
+    token_key_file: Path | None = None
+    token_key_credential: str | None = None
+    # Refresh an access token this many seconds before it expires (at most a quarter of the
+    # token's actual lifetime, whatever is written here).
+    refresh_margin: float = 600.0
 
     def client_secret(self) -> str:
         """Read at call time, so a rotated secret is picked up and none is kept in this value."""
@@ -237,7 +244,12 @@ def _read_tiktok(t: _Table) -> TikTokSettings:
         client_secret_file=t.get("client_secret_file", t.path, None),
         client_secret_credential=t.get("client_secret_credential", _credential_name, None),
         redirect_uri=t.get("redirect_uri", _url, None),
+        token_key_file=t.get("token_key_file", t.path, None),
+        token_key_credential=t.get("token_key_credential", _credential_name, None),
+        refresh_margin=t.get("refresh_margin", _positive, 600.0),
     )
+    if "token_key_file" in t.data and "token_key_credential" in t.data:
+        t.add("give token_key_file or token_key_credential, not both", "token_key_credential")
     t.finish()
     return settings
 

@@ -29,11 +29,13 @@ from . import __version__
 from .api import ControlApi
 from .clock import Clock, ClockLike
 from .config import Config
+from .crypto import TokenCipher
 from .errors import DaemonAlreadyRunning, TokenError
 from .httpd import serve_tcp, serve_unix
 from .limits import AccountBudgets
 from .logs import fields
 from .poller import Poller
+from .refresher import Refresher
 from .shard import Shard
 from .store import Store
 from .tiktok import TikTokClient
@@ -81,6 +83,8 @@ class Daemon:
         self._sweep_due = anyio.Event()
         self.store: Store | None = None
         self.webhook_port: int | None = None
+        self.tokens: TokenRegistry | None = None
+        self.refresher: Refresher | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -143,7 +147,21 @@ class Daemon:
         self, store: Store, client: TikTokClient, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         settings = self.config.daemon
-        tokens = TokenRegistry(store, client, self.clock)
+        tokens = self.tokens = TokenRegistry(
+            store,
+            client,
+            self.clock,
+            cipher=self._cipher(),
+            margin=self.config.tiktok.refresh_margin,
+        )
+        sealed = await tokens.seal_plaintext()
+        if sealed:
+            log.info(
+                "encrypted the stored tokens of %d accounts",
+                sealed,
+                extra=fields("token.sealed", accounts=sealed),
+            )
+        await tokens.recover_lost()
         for account in self.config.accounts:
             if account.token_file is None:
                 continue
@@ -193,7 +211,12 @@ class Daemon:
                 job.id,
                 extra=fields("job.uncertain_pending", job=job.id, account=job.account_id),
             )
-        async with anyio.create_task_group() as tg, self._timers():
+        async with anyio.create_task_group() as tg, self._timers() as scheduler:
+            self.refresher = Refresher(
+                tokens, scheduler, self.clock, [a.id for a in self.config.accounts]
+            )
+            await self.refresher.start()
+            tg.start_soon(self.refresher.run, name="refresher")
             await tg.start(serve_unix, settings.socket_path, self.api.handle)
             for shard in self.shards.values():
                 tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
@@ -233,6 +256,14 @@ class Daemon:
             tg.cancel_scope.cancel()
         settings.socket_path.unlink(missing_ok=True)
         log.info("stopped", extra=fields("daemon.stopped"))
+
+    def _cipher(self) -> TokenCipher | None:
+        tiktok = self.config.tiktok
+        if tiktok.token_key_file is not None:
+            return TokenCipher.from_file(tiktok.token_key_file)
+        if tiktok.token_key_credential is not None:
+            return TokenCipher.from_credential(tiktok.token_key_credential)
+        return None
 
     @asynccontextmanager
     async def _timers(self) -> AsyncIterator[AsyncIOScheduler]:

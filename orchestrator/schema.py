@@ -126,4 +126,29 @@ MIGRATIONS: tuple[str, ...] = (
         at      REAL NOT NULL
     );
     """,
+    # 5: the refresh schedule and history of each account's tokens; pending authorizations.
+    """
+    ALTER TABLE tokens ADD COLUMN access_issued_at REAL;
+    ALTER TABLE tokens ADD COLUMN refresh_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN next_refresh_at REAL;
+    ALTER TABLE tokens ADD COLUMN refresh_started_at REAL;
+
+    CREATE TABLE token_history (
+        id           INTEGER PRIMARY KEY,
+        account_id   TEXT NOT NULL,
+        at           REAL NOT NULL,
+        outcome      TEXT NOT NULL,
+        code         TEXT,
+        error_class  TEXT
+    );
+    CREATE INDEX token_history_by_account ON token_history (account_id, id);
+
+    CREATE TABLE auth_requests (
+        account_id     TEXT PRIMARY KEY,
+        state          TEXT NOT NULL,
+        code_verifier  TEXT,
+        redirect_uri   TEXT NOT NULL,
+        created_at     REAL NOT NULL
+    );
+    """,
 )

@@ -80,12 +80,29 @@ class TokenRecord:
     imported_sha256: str | None
     last_error: str | None
     updated_at: float
+    access_issued_at: float | None = None
+    refresh_failures: int = 0
+    # Earliest time the next refresh may be tried (a cooldown after failures).
+    next_refresh_at: float | None = None
+    # Set, durably, right before a refresh request leaves; cleared with its outcome. Found set
+    # at start-up, it means the answer of a refresh was lost.
+    refresh_started_at: float | None = None
 
     def __repr__(self) -> str:  # never let a token reach a log line through repr()
         return (
             f"TokenRecord(account_id={self.account_id!r}, state={self.state!r}, "
             f"access_expires_at={self.access_expires_at!r})"
         )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenOutcome:
+    """One line of an account's refresh history."""
+
+    at: float
+    outcome: str  # ok | failed | lost | needs_reauth | imported | authorized
+    code: str | None = None
+    error_class: str | None = None
 
 
 class SubmitOutcome:
@@ -157,6 +174,10 @@ def _token_from_row(row: sqlite3.Row) -> TokenRecord:
         imported_sha256=row["imported_sha256"],
         last_error=row["last_error"],
         updated_at=row["updated_at"],
+        access_issued_at=row["access_issued_at"],
+        refresh_failures=row["refresh_failures"],
+        next_refresh_at=row["next_refresh_at"],
+        refresh_started_at=row["refresh_started_at"],
     )
 
 
@@ -596,12 +617,15 @@ class Store:
     async def all_tokens(self) -> list[TokenRecord]:
         return [_token_from_row(r) for r in await self._fetchall("SELECT * FROM tokens")]
 
-    async def save_token(self, record: TokenRecord) -> None:
+    async def save_token(self, record: TokenRecord, *, history: TokenOutcome | None = None) -> None:
+        """Write an account's tokens (and, with ``history``, a refresh outcome) atomically."""
+
         async def tx(conn: aiosqlite.Connection) -> None:
             await conn.execute(
                 "INSERT OR REPLACE INTO tokens (account_id, open_id, access_token, "
                 "access_expires_at, refresh_token, refresh_expires_at, scopes, state, "
-                "imported_sha256, last_error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "imported_sha256, last_error, updated_at, access_issued_at, refresh_failures, "
+                "next_refresh_at, refresh_started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.account_id,
                     record.open_id,
@@ -614,10 +638,74 @@ class Store:
                     record.imported_sha256,
                     record.last_error,
                     record.updated_at,
+                    record.access_issued_at,
+                    record.refresh_failures,
+                    record.next_refresh_at,
+                    record.refresh_started_at,
                 ),
+            )
+            if history is not None:
+                await conn.execute(
+                    "INSERT INTO token_history (account_id, at, outcome, code, error_class) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        record.account_id,
+                        history.at,
+                        history.outcome,
+                        history.code,
+                        history.error_class,
+                    ),
+                )
+
+        await self._write(tx)
+
+    async def token_history(self, account_id: str, limit: int = 20) -> list[TokenOutcome]:
+        rows = await self._fetchall(
+            "SELECT at, outcome, code, error_class FROM token_history WHERE account_id = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (account_id, limit),
+        )
+        return [TokenOutcome(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+    async def refresh_counts(self) -> dict[str, dict[str, int]]:
+        """Refresh outcomes per account (for status and metrics)."""
+        out: dict[str, dict[str, int]] = {}
+        for row in await self._fetchall(
+            "SELECT account_id, outcome, COUNT(*) FROM token_history GROUP BY account_id, outcome"
+        ):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    async def save_auth_request(
+        self,
+        *,
+        account_id: str,
+        state: str,
+        code_verifier: str | None,
+        redirect_uri: str,
+        now: float,
+    ) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO auth_requests VALUES (?, ?, ?, ?, ?)",
+                (account_id, state, code_verifier, redirect_uri, now),
             )
 
         await self._write(tx)
+
+    async def take_auth_request(self, account_id: str) -> tuple[str, str | None, str] | None:
+        """The pending authorization of an account (state, verifier, redirect), used once."""
+
+        async def tx(conn: aiosqlite.Connection) -> tuple[str, str | None, str] | None:
+            async with conn.execute(
+                "DELETE FROM auth_requests WHERE account_id = ? "
+                "RETURNING state, code_verifier, redirect_uri",
+                (account_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            return (row[0], row[1], row[2]) if row else None
+
+        return await self._write(tx)
 
 
 async def _insert_event(
