@@ -10,6 +10,9 @@
     GET  /v1/dlq                 the dead-letter queue (?account=&limit=)
     POST /v1/dlq/{id}/requeue    try a dead (or review) job again: {"fresh": bool}
     POST /v1/dlq/purge           delete dead jobs for good: {"ids": [...]} or {"all": true}
+    POST /v1/accounts/{id}/auth/url       start an authorization: {"redirect_uri"?} -> {url, state}
+    POST /v1/accounts/{id}/auth/exchange  finish it: {"code"} or {"redirect": URL or query}
+    POST /v1/accounts/{id}/auth/import    onboard with a refresh token: {"refresh_token"}
 
 Every error is ``{"error": {"code", "message"}}`` with a fitting HTTP status. Responses are
 built from snapshots and rows only; secrets (tokens, upload URLs) are never serialised.
@@ -27,19 +30,21 @@ from typing import Any
 
 import anyio
 
-from . import __version__
+from . import __version__, oauth
 from .catalog import UNKNOWN, lookup
 from .clock import ClockLike
 from .config import Config
-from .errors import ApiError
+from .errors import ApiError, TikTokError, TokenError
 from .httpd import Request, Response
 from .intake import build_job, parse_submission, spool_video
 from .jobs import TERMINAL, Job, JobState, entering_processing
 from .logs import fields
-from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome
+from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome, TokenRecord
+from .tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
 
+_AUTH_PATH = re.compile(r"^/v1/accounts/([a-z0-9][a-z0-9_-]{0,62})/auth/(url|exchange|import)$")
 _JOB_PATH = re.compile(r"^/v1/(jobs|dlq)/([A-Za-z0-9_-]{1,64})(?:/(cancel|resolve|requeue))?$")
 # What a fresh start forgets: the old publish, which can never become a post.
 _FRESH = {
@@ -128,6 +133,23 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def _token_json(token: TokenRecord | None, now: float) -> dict[str, Any]:
+    """What may be shown of an account's tokens: states and times, never the tokens."""
+    if token is None:
+        return {"state": "missing", "expires_in": None}
+    return {
+        "state": token.state,
+        "open_id": token.open_id,
+        "scopes": sorted(token.scopes),
+        "expires_in": round(token.access_expires_at - now) if token.access_expires_at else None,
+        "refresh_expires_in": (
+            round(token.refresh_expires_at - now) if token.refresh_expires_at else None
+        ),
+        "last_error": token.last_error,
+        "refresh_failures": token.refresh_failures,
+    }
+
+
 def _body(req: Request) -> dict[str, Any]:
     try:
         body = req.json()
@@ -148,6 +170,7 @@ class ControlApi:
         spool_dir: Path,
         on_submitted: Callable[[str], None],
         live: Callable[[], Mapping[str, Any]],
+        tokens: TokenRegistry | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -155,6 +178,7 @@ class ControlApi:
         self._spool = spool_dir
         self._on_submitted = on_submitted
         self._live = live
+        self._tokens = tokens
         self.accepting = True
 
     async def handle(self, request: Request) -> Response:
@@ -174,6 +198,9 @@ class ControlApi:
             if req.method == "GET":
                 return await self._list(req)
             raise ApiError("method_not_allowed", f"{req.method} /v1/jobs", status=405)
+        auth = _AUTH_PATH.match(req.path)
+        if auth and req.method == "POST":
+            return await self._auth(auth.group(1), auth.group(2), _body(req))
         if req.path == "/v1/dlq" and req.method == "GET":
             return await self._list(req, state=JobState.DEAD.value)
         if req.path == "/v1/dlq/purge" and req.method == "POST":
@@ -377,6 +404,74 @@ class ControlApi:
         log.warning("purged %d dead jobs", gone, extra=fields("dlq.purged", count=gone))
         return Response.json(200, {"purged": gone})
 
+    async def _auth(self, account_id: str, step: str, body: dict[str, Any]) -> Response:
+        account = self._config.account(account_id)
+        if account is None:
+            raise ApiError("unknown_account", f"no account {account_id!r}", status=404)
+        if self._tokens is None:
+            raise ApiError("unavailable", "the token registry is not running", status=503)
+        now = self._clock.now()
+        if step == "url":
+            redirect = body.get("redirect_uri") or self._config.tiktok.redirect_uri
+            if not isinstance(redirect, str) or not redirect:
+                raise ApiError(
+                    "no_redirect_uri",
+                    "set tiktok.redirect_uri in the accounts file or pass redirect_uri",
+                    status=400,
+                )
+            request = oauth.build_auth_request(
+                client_key=self._config.tiktok.client_key,
+                scopes=sorted({*account.scopes, "user.info.basic"}),
+                redirect_uri=redirect,
+                pkce=oauth.needs_pkce(redirect),
+            )
+            await self._store.save_auth_request(
+                account_id=account_id,
+                state=request.state,
+                code_verifier=request.code_verifier,
+                redirect_uri=redirect,
+                now=now,
+            )
+            return Response.json(
+                200,
+                {"url": request.url, "state": request.state, "pkce": bool(request.code_verifier)},
+            )
+        try:
+            if step == "exchange":
+                pending = await self._store.take_auth_request(account_id)
+                if pending is None:
+                    raise ApiError(
+                        "no_pending_authorization",
+                        f"start with `orchestrator auth url {account_id}`",
+                        status=409,
+                    )
+                state, verifier, redirect = pending
+                code = body.get("code")
+                if isinstance(body.get("redirect"), str):
+                    try:
+                        code = oauth.parse_redirect(body["redirect"], expected_state=state)
+                    except ValueError as exc:
+                        raise ApiError("authorization_refused", str(exc), status=400) from None
+                if not isinstance(code, str) or not code:
+                    raise ApiError("invalid_request", "give code or redirect", status=400)
+                await self._tokens.exchange_code(
+                    account_id, code, redirect_uri=redirect, code_verifier=verifier
+                )
+            else:
+                refresh_token = body.get("refresh_token")
+                if not isinstance(refresh_token, str) or not refresh_token.strip():
+                    raise ApiError("invalid_request", "refresh_token: required", status=400)
+                await self._tokens.import_refresh_token(account_id, refresh_token.strip())
+        except TikTokError as exc:
+            raise ApiError(
+                "tiktok_refused", f"TikTok refused: {exc.code}: {exc.message}", status=502
+            ) from None
+        except TokenError as exc:
+            raise ApiError("token_error", exc.message, status=502) from None
+        self._on_submitted(account_id)
+        token = await self._store.get_token(account_id)
+        return Response.json(200, {"account": account_id, "token": _token_json(token, now)})
+
     async def _existing(self, job_id: str) -> Job:
         job = await self._store.get_job(job_id)
         if job is None:
@@ -386,6 +481,7 @@ class ControlApi:
     async def status(self) -> dict[str, Any]:
         counts = await self._store.counts()
         tokens = {t.account_id: t for t in await self._store.all_tokens()}
+        refreshes = await self._store.refresh_counts()
         now = self._clock.now()
         live = self._live()
         accounts = []
@@ -400,14 +496,7 @@ class ControlApi:
                     "enabled": acct.enabled,
                     "region": acct.region,
                     "tags": list(acct.tags),
-                    "token": {
-                        "state": token.state if token else "missing",
-                        "expires_in": (
-                            round(token.access_expires_at - now)
-                            if token and token.access_expires_at
-                            else None
-                        ),
-                    },
+                    "token": _token_json(token, now) | {"refreshes": refreshes.get(acct.id, {})},
                     "current_job": live.get("current_jobs", {}).get(acct.id),
                     "jobs": by_state,
                 }
@@ -416,26 +505,39 @@ class ControlApi:
             for state, n in acct_counts.items():
                 totals[state] = totals.get(state, 0) + n
         unknown = sorted(set(counts) - {a.id for a in self._config.accounts})
-        attention = [
-            {
-                "job": j.id,
-                "account": j.account_id,
-                "state": j.state.value,
-                "code": j.error_code,
-                "since": iso(j.updated_at),
-            }
-            for state in (JobState.UNCERTAIN, JobState.REVIEW)
-            for j in await self._store.list_jobs(state=state.value, limit=20)
-        ] + [
-            {
-                "job": j.id,
-                "account": j.account_id,
-                "state": "stuck",
-                "code": f"processing since {iso(j.processing_since)}",
-                "since": iso(j.stuck_at),
-            }
-            for j in await self._store.stuck_posts()
-        ]
+        attention = (
+            [
+                {
+                    "job": j.id,
+                    "account": j.account_id,
+                    "state": j.state.value,
+                    "code": j.error_code,
+                    "since": iso(j.updated_at),
+                }
+                for state in (JobState.UNCERTAIN, JobState.REVIEW)
+                for j in await self._store.list_jobs(state=state.value, limit=20)
+            ]
+            + [
+                {
+                    "job": j.id,
+                    "account": j.account_id,
+                    "state": "stuck",
+                    "code": f"processing since {iso(j.processing_since)}",
+                    "since": iso(j.stuck_at),
+                }
+                for j in await self._store.stuck_posts()
+            ]
+            + [
+                {
+                    "account": t.account_id,
+                    "state": t.state,
+                    "code": t.last_error,
+                    "since": iso(t.updated_at),
+                }
+                for t in tokens.values()
+                if t.state in ("needs_reauth", "exhausted") or t.last_error == "refresh_lost"
+            ]
+        )
         unknown_codes = [
             {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}
             for u in await self._store.unknown_codes()

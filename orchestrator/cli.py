@@ -52,8 +52,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .crypto import TokenCipher
+
     config = load_config(args.file)
     config.tiktok.client_secret()
+    if config.tiktok.token_key_file is not None:
+        TokenCipher.from_file(config.tiktok.token_key_file)
+    elif config.tiktok.token_key_credential is not None:
+        TokenCipher.from_credential(config.tiktok.token_key_credential)
     print(f"{config.path}: ok ({len(config.accounts)} accounts)")
     return 0
 
@@ -175,6 +181,58 @@ def _one(ids: list[str]) -> str:
     return ids[0]
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {}
+    if args.step == "url":
+        if args.redirect_uri:
+            payload["redirect_uri"] = args.redirect_uri
+    elif args.step == "exchange":
+        if bool(args.code) == bool(args.redirect):
+            print("orchestrator: give --code CODE or --redirect URL", file=sys.stderr)
+            return EX_USAGE
+        payload = {"code": args.code} if args.code else {"redirect": args.redirect}
+    else:
+        if not args.refresh_token_file:
+            print("orchestrator: give --refresh-token-file FILE", file=sys.stderr)
+            return EX_USAGE
+        try:
+            payload["refresh_token"] = Path(args.refresh_token_file).read_text().strip()
+        except OSError as exc:
+            print(f"orchestrator: {args.refresh_token_file}: {exc.strerror}", file=sys.stderr)
+            return 1
+    with _client(args) as client:
+        answer = client.auth(args.account, args.step, payload)
+    if args.step == "url":
+        print("Open this URL as the creator and approve the app:\n")
+        print(answer["url"])
+        print(f"\nThen: orchestrator auth exchange {args.account} --redirect 'URL YOU LANDED ON'")
+    else:
+        token = answer["token"]
+        print(
+            f"{args.account}: token {token['state']}, expires in "
+            f"{token['expires_in']} s, scopes {', '.join(token['scopes']) or 'none'}"
+        )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .crypto import generate_key
+
+    path = Path(args.file)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"orchestrator: {path} exists; refusing to overwrite a key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"orchestrator: {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w") as out:
+        out.write(generate_key() + "\n")
+    print(f"wrote a new token key to {path} (mode 0600); point tiktok.token_key_file at it")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from .catalog import explain
 
@@ -279,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="purge: every dead job")
     p.add_argument("--yes", action="store_true", help="purge: yes, delete them for good")
     p.add_argument("--json", action="store_true")
+    p = command("auth", cmd_auth, "authorize an account: url, exchange, import")
+    p.add_argument("step", choices=("url", "exchange", "import"))
+    p.add_argument("account")
+    p.add_argument("--redirect-uri", help="url: the redirect URI (default tiktok.redirect_uri)")
+    p.add_argument("--code", help="exchange: the authorization code")
+    p.add_argument("--redirect", help="exchange: the whole URL TikTok redirected to")
+    p.add_argument("--refresh-token-file", help="import: a file holding a refresh token")
+    p = command("keygen", cmd_keygen, "write a new key for tokens at rest", client=False)
+    p.add_argument("file")
     p = command("explain", cmd_explain, "what an error code means and what to do", client=False)
     p.add_argument("code")
     p = command("cancel", cmd_cancel, "cancel a job that has not reached TikTok")

@@ -113,3 +113,7 @@ class DaemonClient:
     def purge(self, *, ids: list[str] | None = None, everything: bool = False) -> int:
         payload: dict[str, Any] = {"all": True} if everything else {"ids": ids or []}
         return int(self.request("POST", "/v1/dlq/purge", json=payload)[1]["purged"])
+
+    def auth(self, account_id: str, step: str, payload: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/accounts/{account_id}/auth/{step}"
+        return self.request("POST", path, json=payload)[1]  # type: ignore[no-any-return]

@@ -204,6 +204,7 @@ class Daemon:
             spool_dir=settings.state_dir / "spool",
             on_submitted=self._submitted,
             live=self.statistics,
+            tokens=tokens,
         )
         for job in await store.list_jobs(state="uncertain", limit=1000):
             log.warning(

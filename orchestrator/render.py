@@ -77,9 +77,9 @@ def status_view(status: dict[str, Any]) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no jobs yet"
     lines = [head, "", body, "", f"jobs: {summary}; {status['open']} open"]
     for item in status.get("needs_attention", []):
+        what = f"{item['job']} ({item['account']})" if item.get("job") else item["account"]
         lines.append(
-            f"NEEDS A HUMAN: {item['job']} ({item['account']}) is {item['state']}"
-            f" since {item['since']}: {item['code']}"
+            f"NEEDS A HUMAN: {what} is {item['state']} since {item['since']}: {item['code']}"
         )
     for u in status.get("unknown_codes", []):
         lines.append(

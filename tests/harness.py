@@ -40,6 +40,7 @@ def write_config(
     user_options: dict[str, dict[str, Any]] | None = None,
     extra_daemon: dict[str, Any] | None = None,
     extra_toml: str = "",
+    without_token_file: Sequence[str] = (),
 ) -> Path:
     """Creates sandbox users for ``accounts``, their token files, and the accounts TOML."""
     (tmp_path / "tokens").mkdir(exist_ok=True)
@@ -72,8 +73,9 @@ def write_config(
             f"id = {toml_value(account)}",
             'scopes = ["video.publish", "video.upload"]',
             'privacy_level = "SELF_ONLY"',
-            f"token_file = {toml_value(token_file)}",
         ]
+        if account not in without_token_file:
+            lines.append(f"token_file = {toml_value(token_file)}")
     path = tmp_path / "accounts.toml"
     path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path

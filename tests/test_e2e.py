@@ -199,3 +199,38 @@ def test_cli_refuses_a_missing_video_and_bad_config(
     assert main(["status", "--socket", str(tmp / "absent.sock")]) == 69
     assert main(["status", "--config", str(daemon.config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accounts"][0]["id"] == "acme-us"
+
+
+def test_killed_during_a_refresh_comes_back_with_a_working_token(
+    env: tuple[Sandbox, DaemonProcess, Path],
+) -> None:
+    sandbox, daemon, tmp = env
+    socket_path = tmp / "orchestrator.sock"
+    token_file = tmp / "tokens" / "acme-us.json"
+    grant = json.loads(token_file.read_text())
+    token_file.write_text(json.dumps(grant | {"expires_in": 0}))  # a refresh is due at once
+    # TikTok receives the refresh but has not acted on it when the daemon dies.
+    sandbox.set_faults(
+        {"rules": [{"endpoint": "token", "fault": "delay", "seconds": 120, "times": 1}]}
+    )
+    daemon.start(socket_path)
+    wait_for_sync(
+        lambda: any(r["endpoint"] == "token" and r["status"] is None for r in sandbox.requests()),
+        what="a refresh to be in flight",
+    )
+    daemon.kill9()
+
+    client = daemon.start(socket_path)
+    video = make_video(tmp / "after.mp4", 30_000, seed=3)
+    _, job = client.submit({"account": "acme-us", "video_path": str(video), "caption": "after"})
+    wait_for_sync(
+        lambda: state_of(client, job["id"])["state"] == "published", what="a post after restart"
+    )
+    token = next(a for a in client.status()["accounts"] if a["id"] == "acme-us")["token"]
+    assert token["state"] == "valid" and token["expires_in"] > 0
+    assert token["refreshes"].get("lost") == 1 and token["refreshes"].get("ok", 0) >= 1
+    violations = sandbox.ledger()["violations"]
+    assert violations["expired_token_requests"] == 0
+    assert violations["refresh_token_reuse"] == 0
+    assert daemon.stop() == 0
+    assert_no_secrets(daemon.log.read_text(), tmp)
