@@ -2,13 +2,16 @@
 
 How the package is laid out (an arrow means "may import"):
 
-    cli ──────────────► api (client side only: HTTP over the Unix socket), config, errors
+    cli ──────────────► client (HTTP over the Unix socket), config, catalog, crypto, render
     daemon ───────────► everything below; the only module that wires parts together
-    api ──────────────► store, shard/poller snapshots, httpd, errors
-    shard, poller ────► tiktok, store, tokens, clock, errors
-    tokens ───────────► tiktok, store, clock, errors
+    api, webhooks ────► store, tokens, intake, oauth, catalog, httpd, errors
+    shard, poller ────► tiktok, tokens, retries, limits, store, clock, errors
+    retries ──────────► catalog, backoff, store (the policy after a failure)
+    refresher ────────► tokens (APScheduler timers that only enqueue work)
+    tokens ───────────► tiktok, store, crypto, catalog, clock, errors
     tiktok ───────────► errors            (the only module that speaks HTTP to TikTok)
-    store ────────────► errors            (the only module that speaks SQL)
+    store, schema ────► errors            (the only modules that speak SQL)
+    catalog, backoff, jobs, intake, oauth, crypto: pure, or nearly (no I/O but a key file)
     config, clock, httpd, logs, errors ─► nothing of ours
     sandbox/ ─────────► nothing of ours, ever: it is written from shared/TIKTOK_API.md alone,
                         so that the client and the fake cannot share one misunderstanding.

@@ -239,6 +239,15 @@ class ControlApi:
                 f"no enabled account {sub.account!r} in {self._config.path}",
                 status=404,
             )
+        token = await self._store.get_token(sub.account)
+        if token is not None and token.state in ("needs_reauth", "exhausted"):
+            # A parked account takes no new jobs; the ones it has wait for re-authorization.
+            raise ApiError(
+                "account_needs_reauth",
+                f"account {sub.account} must be authorized again ({token.last_error}); run "
+                f"`orchestrator auth url {sub.account}` and have the creator approve the app",
+                status=409,
+            )
         spooled = None
         if sub.video_path is not None:
             spooled = await anyio.to_thread.run_sync(spool_video, sub.video_path, self._spool)

@@ -162,6 +162,11 @@ async def test_invalid_grant_parks_only_that_account(
         assert states == {"acme-us": "valid", "acme-uk": "needs_reauth", "acme-de": "valid"}
         waiting = (await client.get(f"/v1/jobs/{jobs['acme-uk']['id']}")).json()["job"]
         assert waiting["state"] == "queued", "a pinned job waits for its account"
+        refused = await client.post(
+            "/v1/jobs", json={"account": "acme-uk", "video_path": str(video), "caption": "new"}
+        )
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "account_needs_reauth"
     ledger = sandbox.ledger()
     assert ledger["violations"]["expired_token_requests"] == 0
     tokens = [r for r in sandbox.requests() if r["endpoint"] == "token"]
@@ -241,3 +246,30 @@ async def test_fifty_accounts_through_three_simulated_days_of_two_hour_tokens(
         assert ledger["violations"]["expired_token_requests"] == 0
         assert ledger["violations"]["refresh_token_reuse"] == 0
         assert len(ledger["posts"]) == len(jobs) and ledger["duplicates"] == []
+
+
+@pytest.mark.anyio
+async def test_a_refresh_token_near_its_end_is_warned_about_days_ahead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from orchestrator.clock import ManualClock
+    from orchestrator.refresher import Refresher
+    from orchestrator.store import Store
+    from orchestrator.tokens import TokenRegistry
+
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        clock = ManualClock(NOW)
+        await store.save_token(record(account_id="soon", refresh_expires_at=NOW + 3 * 86400))
+        await store.save_token(record(account_id="later", refresh_expires_at=NOW + 90 * 86400))
+        registry = TokenRegistry(store, None, clock)  # type: ignore[arg-type]
+        refresher = Refresher(registry, AsyncIOScheduler(), clock, ["soon", "later"])
+        with caplog.at_level("WARNING"):
+            await refresher.sweep()
+            await refresher.sweep()  # once a day, not at every sweep
+        warned = [r for r in caplog.records if getattr(r, "action", "") == "token.refresh_expiring"]
+        assert [r.account for r in warned] == ["soon"]  # type: ignore[attr-defined]
+    finally:
+        await store.close()
