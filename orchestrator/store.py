@@ -207,11 +207,11 @@ class Store:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
         for conn in (writer, reader):
             conn.row_factory = sqlite3.Row
-            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute_fetchall("PRAGMA busy_timeout = 5000")
         store = cls(path, writer, reader)
         try:
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute("PRAGMA synchronous = FULL")
+            await writer.execute_fetchall("PRAGMA journal_mode = WAL")
+            await writer.execute_fetchall("PRAGMA synchronous = FULL")
             await store._migrate()
         except sqlite3.Error as exc:
             await store.close()
@@ -257,12 +257,15 @@ class Store:
         return result
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._r.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # Trap: a statement left open across an await holds the connection's read snapshot,
+        # and every other task reading on this connection meanwhile sees that old snapshot
+        # (a refresh then read a rotated refresh token). execute_fetchall runs, drains and
+        # closes the statement in one hop to the database thread.
+        return list(await self._r.execute_fetchall(sql, params))
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._r.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def integrity_check(self) -> str:
         row = await self._fetchone("PRAGMA integrity_check")
