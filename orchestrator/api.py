@@ -10,6 +10,7 @@
     GET  /v1/dlq                 the dead-letter queue (?account=&limit=)
     POST /v1/dlq/{id}/requeue    try a dead (or review) job again: {"fresh": bool}
     POST /v1/dlq/purge           delete dead jobs for good: {"ids": [...]} or {"all": true}
+    POST /v1/accounts/{id}/pause          stop taking this account's jobs (resume: /resume)
     POST /v1/accounts/{id}/auth/url       start an authorization: {"redirect_uri"?} -> {url, state}
     POST /v1/accounts/{id}/auth/exchange  finish it: {"code"} or {"redirect": URL or query}
     POST /v1/accounts/{id}/auth/import    onboard with a refresh token: {"refresh_token"}
@@ -24,6 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from .tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
 
+_ACCOUNT_PATH = re.compile(r"^/v1/accounts/([a-z0-9][a-z0-9_-]{0,62})/(pause|resume)$")
 _AUTH_PATH = re.compile(r"^/v1/accounts/([a-z0-9][a-z0-9_-]{0,62})/auth/(url|exchange|import)$")
 _JOB_PATH = re.compile(r"^/v1/(jobs|dlq)/([A-Za-z0-9_-]{1,64})(?:/(cancel|resolve|requeue))?$")
 # What a fresh start forgets: the old publish, which can never become a post.
@@ -198,6 +201,9 @@ class ControlApi:
             if req.method == "GET":
                 return await self._list(req)
             raise ApiError("method_not_allowed", f"{req.method} /v1/jobs", status=405)
+        toggle = _ACCOUNT_PATH.match(req.path)
+        if toggle and req.method == "POST":
+            return await self._pause(toggle.group(1), paused=toggle.group(2) == "pause")
         auth = _AUTH_PATH.match(req.path)
         if auth and req.method == "POST":
             return await self._auth(auth.group(1), auth.group(2), _body(req))
@@ -413,6 +419,20 @@ class ControlApi:
         log.warning("purged %d dead jobs", gone, extra=fields("dlq.purged", count=gone))
         return Response.json(200, {"purged": gone})
 
+    async def _pause(self, account_id: str, *, paused: bool) -> Response:
+        if self._config.account(account_id) is None:
+            raise ApiError("unknown_account", f"no account {account_id!r}", status=404)
+        state = await self._store.account_state(account_id)
+        await self._store.save_account_state(replace(state, paused=paused), self._clock.now())
+        self._on_submitted(account_id)  # wakes the shard, which reads its state again
+        log.warning(
+            "account %s %s by an operator",
+            account_id,
+            "paused" if paused else "resumed",
+            extra=fields("account.paused" if paused else "account.resumed", account=account_id),
+        )
+        return Response.json(200, {"account": account_id, "paused": paused})
+
     async def _auth(self, account_id: str, step: str, body: dict[str, Any]) -> Response:
         account = self._config.account(account_id)
         if account is None:
@@ -496,6 +516,7 @@ class ControlApi:
         accounts = []
         totals: dict[str, int] = {}
         for acct in self._config.accounts:
+            shard_stats = live.get("shards", {}).get(acct.id, {})
             by_state = counts.get(acct.id, {})
             token = tokens.get(acct.id)
             accounts.append(
@@ -506,7 +527,9 @@ class ControlApi:
                     "region": acct.region,
                     "tags": list(acct.tags),
                     "token": _token_json(token, now) | {"refreshes": refreshes.get(acct.id, {})},
-                    "current_job": live.get("current_jobs", {}).get(acct.id),
+                    "current_job": shard_stats.get("current_job"),
+                    "paused": shard_stats.get("paused", False),
+                    "cap": shard_stats.get("cap"),
                     "jobs": by_state,
                 }
             )

@@ -215,6 +215,14 @@ def cmd_auth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accounts(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for account_id in args.ids:
+            answer = client.pause(account_id, paused=args.action == "pause")
+            print(f"{answer['account']}: {'paused' if answer['paused'] else 'taking jobs'}")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .crypto import generate_key
 
@@ -344,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", help="exchange: the authorization code")
     p.add_argument("--redirect", help="exchange: the whole URL TikTok redirected to")
     p.add_argument("--refresh-token-file", help="import: a file holding a refresh token")
+    p = command("accounts", cmd_accounts, "pause or resume accounts")
+    p.add_argument("action", choices=("pause", "resume"))
+    p.add_argument("ids", nargs="+", metavar="ID")
     p = command("keygen", cmd_keygen, "write a new key for tokens at rest", client=False)
     p.add_argument("file")
     p = command("explain", cmd_explain, "what an error code means and what to do", client=False)

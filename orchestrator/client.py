@@ -117,3 +117,7 @@ class DaemonClient:
     def auth(self, account_id: str, step: str, payload: dict[str, Any]) -> dict[str, Any]:
         path = f"/v1/accounts/{account_id}/auth/{step}"
         return self.request("POST", path, json=payload)[1]  # type: ignore[no-any-return]
+
+    def pause(self, account_id: str, *, paused: bool) -> dict[str, Any]:
+        verb = "pause" if paused else "resume"
+        return self.request("POST", f"/v1/accounts/{account_id}/{verb}")[1]  # type: ignore[no-any-return]

@@ -82,6 +82,9 @@ class TikTokSettings:
     # Refresh an access token this many seconds before it expires (at most a quarter of the
     # token's actual lifetime, whatever is written here).
     refresh_margin: float = 600.0
+    # Requests per second to TikTok for the whole app, all accounts together (a token bucket).
+    app_rate: float = 5.0
+    app_burst: int = 10
 
     def client_secret(self) -> str:
         """Read at call time, so a rotated secret is picked up and none is kept in this value."""
@@ -247,6 +250,8 @@ def _read_tiktok(t: _Table) -> TikTokSettings:
         token_key_file=t.get("token_key_file", t.path, None),
         token_key_credential=t.get("token_key_credential", _credential_name, None),
         refresh_margin=t.get("refresh_margin", _positive, 600.0),
+        app_rate=t.get("app_rate", _positive, 5.0),
+        app_burst=t.get("app_burst", _int_between(1, 10_000), 10),
     )
     if "token_key_file" in t.data and "token_key_credential" in t.data:
         t.add("give token_key_file or token_key_credential, not both", "token_key_credential")

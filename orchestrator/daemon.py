@@ -32,7 +32,7 @@ from .config import Config
 from .crypto import TokenCipher
 from .errors import DaemonAlreadyRunning, TokenError
 from .httpd import serve_tcp, serve_unix
-from .limits import AccountBudgets
+from .limits import AccountBudgets, TokenBucket
 from .logs import fields
 from .poller import Poller
 from .refresher import Refresher
@@ -95,7 +95,7 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "current_jobs": {a: s.current_job for a, s in self.shards.items() if s.current_job},
+            "shards": {a: s.statistics() for a, s in self.shards.items()},
         }
 
     def request_stop(self) -> None:
@@ -138,6 +138,9 @@ class Daemon:
                     client_key=self.config.tiktok.client_key,
                     client_secret=secret,
                     timeout=settings.request_timeout,
+                    limiter=TokenBucket(
+                        self.config.tiktok.app_rate, self.config.tiktok.app_burst, self.clock
+                    ),
                 )
                 await self._serve(store, client, task_status)
         finally:

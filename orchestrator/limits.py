@@ -45,6 +45,36 @@ class SlidingWindow:
         return len(self._times)
 
 
+class TokenBucket:
+    """The app-wide limit: ``rate`` requests a second on average, bursts of up to ``burst``.
+
+    TikTok's per-token budgets do not stop a thousand accounts from hitting the app's
+    infrastructure at once; this spreads every call of the app over time (5/s by default).
+    """
+
+    def __init__(self, rate: float, burst: float, clock: ClockLike) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock.now()
+        self._lock = anyio.Lock()
+
+    def delay(self, now: float) -> float:
+        """Seconds until one request may go (0 when it may go now); refills as a side effect."""
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        # A hair of tolerance: float refills land at 0.9999… and would ask for a 1e-17 s wait
+        # that a clock at 1.8e9 s cannot even represent.
+        return 0.0 if self._tokens >= 1 - 1e-9 else (1 - self._tokens) / self.rate
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while (wait := self.delay(self._clock.now())) > 0:
+                await self._clock.sleep(wait)
+            self._tokens -= 1
+
+
 class AccountBudgets:
     """One account's per-endpoint windows, shared by its shard and the poller."""
 

@@ -55,7 +55,8 @@ def status_view(status: dict[str, Any]) -> str:
                 jobs.get("published", 0),
                 jobs.get("dead", 0),
                 sum(jobs.get(s, 0) for s in WAITING),
-                a["current_job"] or ("paused" if not a["enabled"] else ""),
+                f"{a['cap']['used']}/{a['cap']['limit']}" if a.get("cap") else "-",
+                "PAUSED" if a.get("paused") else (a["current_job"] or ""),
             )
         )
     body = table(
@@ -69,6 +70,7 @@ def status_view(status: dict[str, Any]) -> str:
             "PUBLISHED",
             "DEAD",
             "NEEDS HUMAN",
+            "CAP 24H",
             "CURRENT",
         ),
         rows,

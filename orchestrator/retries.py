@@ -97,7 +97,8 @@ def verdict(
                     delay=None,
                     reason=f"deferred {attempt} times; the account keeps refusing",
                 )
-            delay = max(hint or 0.0, DEFER_SECONDS)
+            # The caller knows when the account frees up (its cap window); else wait a while.
+            delay = hint if hint is not None else DEFER_SECONDS
             return Verdict(
                 to=JobState.RETRY_WAIT,
                 delay=delay,

@@ -151,4 +151,22 @@ MIGRATIONS: tuple[str, ...] = (
         created_at     REAL NOT NULL
     );
     """,
+    # 6: accepted inits (for daily caps), and per-account runtime state (pause, learned cap).
+    """
+    CREATE TABLE inits (
+        id          INTEGER PRIMARY KEY,
+        account_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        publish_id  TEXT
+    );
+    CREATE INDEX inits_by_account ON inits (account_id, at);
+
+    CREATE TABLE account_state (
+        account_id     TEXT PRIMARY KEY,
+        paused         INTEGER NOT NULL DEFAULT 0,
+        learned_cap    INTEGER,
+        blocked_until  REAL,
+        updated_at     REAL NOT NULL
+    );
+    """,
 )

@@ -18,11 +18,13 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
+from .caps import WINDOW, CapState, effective_limit, headroom, learn_from_rejection, next_slot, used
 from .catalog import classify_error
 from .clock import ClockLike
 from .config import AccountSettings
@@ -95,16 +97,56 @@ class Shard:
         self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
         self.current_job: str | None = None
+        self.paused = False
+        self._cap = CapState(limit=account.daily_cap)
+        # Times of the direct-post inits TikTok accepted in the last 24 h (the daily cap).
+        self._inits: list[float] = []
 
     def wake(self) -> None:
         self._wakeup.set()
 
+    def statistics(self) -> dict[str, object]:
+        now = self._clock.now()
+        return {
+            "paused": self.paused,
+            "current_job": self.current_job,
+            "cap": {
+                "used": used(self._inits, now),
+                "limit": effective_limit(self._cap),
+                "configured": self._cap.limit,
+                "learned": self._cap.learned_limit,
+                "blocked_until": self._cap.blocked_until,
+                "next_slot": next_slot(self._cap, self._inits, now),
+            },
+        }
+
+    async def _load_state(self) -> None:
+        state = await self._store.account_state(self.account.id)
+        self.paused = state.paused
+        self._cap = CapState(
+            limit=self.account.daily_cap,
+            learned_limit=state.learned_cap,
+            blocked_until=state.blocked_until,
+        )
+        now = self._clock.now()
+        self._inits = await self._store.recent_inits(self.account.id, now - WINDOW)
+
     async def run(self) -> None:
         while True:
             self._wakeup = anyio.Event()
-            job = await self._store.next_job(self.account.id, self._clock.now())
+            # Read every round: an operator's pause or resume is a write to the store + a wake.
+            await self._load_state()
+            if self.paused:
+                await self._wakeup.wait()
+                continue
+            now = self._clock.now()
+            job = await self._store.next_job(self.account.id, now)
             if job is None:
                 await self._idle()
+                continue
+            if self._needs_direct_init(job) and headroom(self._cap, self._inits, now) == 0:
+                # Checked before dispatch: the daily cap is never discovered by exceeding it.
+                await self._idle(until=next_slot(self._cap, self._inits, now))
                 continue
             self.current_job = job.id
             try:
@@ -112,8 +154,15 @@ class Shard:
             finally:
                 self.current_job = None
 
-    async def _idle(self) -> None:
-        due = await self._store.next_due_time(self.account.id)
+    @staticmethod
+    def _needs_direct_init(job: Job) -> bool:
+        fresh = job.state is JobState.QUEUED or (
+            job.state is JobState.RETRY_WAIT and job.publish_id is None
+        )
+        return fresh and job.mode is Mode.DIRECT
+
+    async def _idle(self, until: float | None = None) -> None:
+        due = until if until is not None else await self._store.next_due_time(self.account.id)
         wait = math.inf if due is None else max(0.0, due - self._clock.now())
         with anyio.move_on_after(self._clock.real_seconds(wait) if wait != math.inf else None):
             await self._wakeup.wait()
@@ -127,6 +176,8 @@ class Shard:
             elif job.state is not JobState.PROCESSING:
                 await self._dispatch(job)
         except JobFailed as failure:
+            if failure.classification.code == "spam_risk_too_many_posts":
+                failure.hint = await self._cap_spent()
             current = await self._store.get_job(job.id)
             if current is not None:
                 await settle(self._store, self._clock, self._rng, current, failure)
@@ -142,6 +193,32 @@ class Shard:
                 exc.message,
                 extra=fields("job.moved_elsewhere", job=job.id, account=job.account_id),
             )
+
+    async def _cap_spent(self) -> float:
+        """TikTok says the creator's daily cap is spent: learn it; returns the wait."""
+        now = self._clock.now()
+        self._cap = learn_from_rejection(self._cap, self._inits, now)
+        state = await self._store.account_state(self.account.id)
+        await self._store.save_account_state(
+            replace(
+                state,
+                learned_cap=self._cap.learned_limit,
+                blocked_until=self._cap.blocked_until,
+            ),
+            now,
+        )
+        log.warning(
+            "%s: TikTok says the daily cap is spent (%d posts counted); waiting until %s",
+            self.account.id,
+            used(self._inits, now),
+            self._cap.blocked_until,
+            extra=fields(
+                "account.cap_spent",
+                account=self.account.id,
+                learned_cap=self._cap.learned_limit,
+            ),
+        )
+        return max(0.0, next_slot(self._cap, self._inits, now) - now)
 
     async def _resume(self, job: Job) -> Job:
         """A retry of a job TikTok already has: go on from the checkpoint, never re-init."""
@@ -276,6 +353,9 @@ class Shard:
             options={**job.options, "creator_username": username} if username else job.options,
         )
         await self._store.end_attempt(attempt, now=now)
+        if job.mode is Mode.DIRECT:
+            self._inits.append(now)
+            await self._store.record_init(job.account_id, now, result.publish_id)
         log.info(
             "TikTok accepted the init of %s",
             job.id,

@@ -96,6 +96,16 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AccountState:
+    """What the daemon learns and decides about an account at run time (not in the config)."""
+
+    account_id: str
+    paused: bool = False
+    learned_cap: int | None = None
+    blocked_until: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TokenOutcome:
     """One line of an account's refresh history."""
 
@@ -610,6 +620,45 @@ class Store:
         ):
             out.setdefault(row[0], {})[row[1]] = row[2]
         return out
+
+    # -- accounts: caps and pauses --------------------------------------------------------
+
+    async def record_init(self, account_id: str, at: float, publish_id: str) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO inits (account_id, at, publish_id) VALUES (?, ?, ?)",
+                (account_id, at, publish_id),
+            )
+
+        await self._write(tx)
+
+    async def recent_inits(self, account_id: str, since: float) -> list[float]:
+        rows = await self._fetchall(
+            "SELECT at FROM inits WHERE account_id = ? AND at > ? ORDER BY at", (account_id, since)
+        )
+        return [r[0] for r in rows]
+
+    async def account_state(self, account_id: str) -> AccountState:
+        row = await self._fetchone(
+            "SELECT * FROM account_state WHERE account_id = ?", (account_id,)
+        )
+        if row is None:
+            return AccountState(account_id=account_id)
+        return AccountState(
+            account_id=account_id,
+            paused=bool(row["paused"]),
+            learned_cap=row["learned_cap"],
+            blocked_until=row["blocked_until"],
+        )
+
+    async def save_account_state(self, state: AccountState, now: float) -> None:
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO account_state VALUES (?, ?, ?, ?, ?)",
+                (state.account_id, int(state.paused), state.learned_cap, state.blocked_until, now),
+            )
+
+        await self._write(tx)
 
     # -- tokens -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import httpx
 
 from .errors import TikTokApiError, TikTokTransportError
 from .jobs import Mode, Source
+from .limits import TokenBucket
 
 PATHS = {
     "token": "/v2/oauth/token/",
@@ -133,6 +134,7 @@ class TikTokClient:
         client_secret: Callable[[], str],
         timeout: float = 30.0,
         upload_timeout: float = 600.0,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
@@ -140,6 +142,7 @@ class TikTokClient:
         self._client_secret = client_secret
         self._timeout = timeout
         self._upload_timeout = upload_timeout
+        self._limiter = limiter
 
     # -- Content Posting --------------------------------------------------------------------
 
@@ -330,6 +333,8 @@ class TikTokClient:
         request: Callable[[], Awaitable[httpx.Response]],
         timeout: float,
     ) -> httpx.Response:
+        if self._limiter is not None:
+            await self._limiter.acquire()
         try:
             with anyio.fail_after(timeout):
                 return await request()

@@ -41,6 +41,7 @@ def write_config(
     extra_daemon: dict[str, Any] | None = None,
     extra_toml: str = "",
     without_token_file: Sequence[str] = (),
+    account_toml: str = "",
 ) -> Path:
     """Creates sandbox users for ``accounts``, their token files, and the accounts TOML."""
     (tmp_path / "tokens").mkdir(exist_ok=True)
@@ -76,6 +77,8 @@ def write_config(
         ]
         if account not in without_token_file:
             lines.append(f"token_file = {toml_value(token_file)}")
+        if account_toml:
+            lines.append(account_toml)
     path = tmp_path / "accounts.toml"
     path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path

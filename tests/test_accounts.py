@@ -1,0 +1,133 @@
+"""Per-account limits in the running daemon: daily caps, pauses, the app-wide pace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.clock import ManualClock
+from orchestrator.limits import TokenBucket
+from orchestrator.sandbox import Sandbox
+
+from .harness import (
+    KEY,
+    SECRET,
+    job_state,
+    make_video,
+    running,
+    submit,
+    until_ended,
+    wait_for,
+    write_config,
+)
+
+
+@pytest.mark.anyio
+async def test_the_app_bucket_spreads_requests_over_time() -> None:
+    clock = ManualClock(1000.0)
+    bucket = TokenBucket(5.0, 10, clock)
+    for _ in range(10):
+        await bucket.acquire()
+    assert clock.now() == 1000.0  # the burst goes at once
+    for _ in range(90):
+        await bucket.acquire()
+    assert clock.now() == pytest.approx(1000.0 + 90 / 5.0)
+
+
+async def states(client: httpx.AsyncClient, jobs: list[dict[str, Any]]) -> list[str]:
+    return [(await job_state(client, j["id"]))["job"]["state"] for j in jobs]
+
+
+async def account_status(client: httpx.AsyncClient, account: str) -> dict[str, Any]:
+    status = (await client.get("/v1/status")).json()
+    return next(a for a in status["accounts"] if a["id"] == account)  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_the_daily_cap_is_checked_before_dispatch(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        account_toml="daily_cap = 2",
+    )
+    async with running(config) as (_, client):
+        jobs = [
+            await submit(
+                client,
+                account="acme-us",
+                video_path=str(make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n)),
+            )
+            for n in range(4)
+        ]
+        for job in jobs[:2]:
+            assert await until_ended(client, job["id"]) == "published"
+        acct = await account_status(client, "acme-us")
+        assert acct["cap"]["used"] == 2 and acct["cap"]["limit"] == 2
+        assert await states(client, jobs[2:]) == ["queued", "queued"]
+    ledger = sandbox.ledger()
+    assert len(ledger["posts"]) == 2 and ledger["cap_rejections"] == 0
+    inits = [r for r in sandbox.requests() if r["endpoint"] == "video_init"]
+    assert len(inits) == 2, "no init was sent beyond the cap"
+
+
+@pytest.mark.anyio
+async def test_a_lower_cap_at_tiktok_is_learned_and_the_job_deferred(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        user_options={"acme-us": {"daily_cap": 1}},  # TikTok allows this creator one post a day
+        account_toml="daily_cap = 5",
+    )
+    async with running(config) as (_, client):
+        first = await submit(
+            client, account="acme-us", video_path=str(make_video(tmp_path / "a.mp4", 10_000))
+        )
+        assert await until_ended(client, first["id"]) == "published"
+        second = await submit(
+            client, account="acme-us", video_path=str(make_video(tmp_path / "b.mp4", 10_001))
+        )
+
+        async def deferred() -> dict[str, Any] | None:
+            detail = await job_state(client, second["id"])
+            return detail if detail["job"]["state"] == "retry_wait" else None
+
+        detail = await wait_for(deferred, what="the second job to be deferred")
+        assert detail["job"]["error"]["code"] == "spam_risk_too_many_posts"
+        acct = await account_status(client, "acme-us")
+        assert acct["cap"]["learned"] == 1 and acct["cap"]["limit"] == 1
+    assert len(sandbox.ledger()["posts"]) == 1
+
+
+@pytest.mark.anyio
+async def test_a_paused_account_takes_no_work_until_resumed(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(tmp_path, sandbox, epoch=epoch, client_key=KEY, client_secret=SECRET)
+    async with running(config) as (_, client):
+        paused = await client.post("/v1/accounts/acme-us/pause")
+        assert paused.json() == {"account": "acme-us", "paused": True}
+        assert (await client.post("/v1/accounts/nobody/pause")).status_code == 404
+        job = await submit(
+            client, account="acme-us", video_path=str(make_video(tmp_path / "a.mp4", 10_000))
+        )
+        acct = await account_status(client, "acme-us")
+        assert acct["paused"] is True
+        assert (await job_state(client, job["id"]))["job"]["state"] == "queued"
+        assert sandbox.requests() == [] or all(
+            r["endpoint"] != "video_init" for r in sandbox.requests()
+        )
+        await client.post("/v1/accounts/acme-us/resume")
+        assert await until_ended(client, job["id"]) == "published"
