@@ -529,6 +529,8 @@ class ControlApi:
                     "token": _token_json(token, now) | {"refreshes": refreshes.get(acct.id, {})},
                     "current_job": shard_stats.get("current_job"),
                     "paused": shard_stats.get("paused", False),
+                    "breaker": shard_stats.get("breaker"),
+                    "breaker_retry_at": iso(shard_stats.get("breaker_retry_at")),
                     "cap": shard_stats.get("cap"),
                     "jobs": by_state,
                 }

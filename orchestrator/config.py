@@ -60,6 +60,10 @@ class DaemonSettings:
     stuck_after: float = 600.0
     review_stuck_after: float = 86400.0
     reconcile_interval: float = 900.0
+    # An account's circuit breaker opens after this many failures in a row that are its own,
+    # and lets one probe job through after breaker_reset seconds.
+    breaker_failures: int = 5
+    breaker_reset: float = 300.0
     # For demos and tests against the sandbox only: simulated seconds per wall second.
     time_scale: float = 1.0
     clock_epoch: float | None = None
@@ -215,6 +219,8 @@ def _read_daemon(t: _Table) -> DaemonSettings:
         stuck_after=t.get("stuck_after", _positive, 600.0),
         review_stuck_after=t.get("review_stuck_after", _positive, 86400.0),
         reconcile_interval=t.get("reconcile_interval", _positive, 900.0),
+        breaker_failures=t.get("breaker_failures", _int_between(1, 1000), 5),
+        breaker_reset=t.get("breaker_reset", _positive, 300.0),
         time_scale=t.get("time_scale", _positive, 1.0),
         clock_epoch=t.get("clock_epoch", _number, None),
         upload_chunk_size=t.get(

@@ -31,6 +31,7 @@ from .clock import Clock, ClockLike
 from .config import Config
 from .crypto import TokenCipher
 from .errors import DaemonAlreadyRunning, TokenError
+from .health import AccountBreaker, BreakerSnapshot, BreakerState
 from .httpd import serve_tcp, serve_unix
 from .limits import AccountBudgets, TokenBucket
 from .logs import fields
@@ -190,6 +191,18 @@ class Daemon:
         )
         for account in self.config.accounts:
             if account.enabled:
+                saved = await store.account_state(account.id)
+                breaker = AccountBreaker(
+                    account.id,
+                    clock=self.clock,
+                    fail_max=settings.breaker_failures,
+                    reset_timeout=settings.breaker_reset,
+                    restore=BreakerSnapshot(
+                        state=BreakerState(saved.breaker_state),
+                        fail_count=saved.breaker_failures,
+                        opened_at=saved.breaker_opened_at,
+                    ),
+                )
                 self.shards[account.id] = Shard(
                     account,
                     store=store,
@@ -199,6 +212,7 @@ class Daemon:
                     clock=self.clock,
                     chunk_size=settings.upload_chunk_size,
                     on_processing=self.poller.wake,
+                    breaker=breaker,
                 )
         self.api = ControlApi(
             store=store,

@@ -169,4 +169,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at     REAL NOT NULL
     );
     """,
+    # 7: each account's circuit breaker, so an open breaker stays open across a restart.
+    """
+    ALTER TABLE account_state ADD COLUMN breaker_state TEXT NOT NULL DEFAULT 'closed';
+    ALTER TABLE account_state ADD COLUMN breaker_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE account_state ADD COLUMN breaker_opened_at REAL;
+    """,
 )

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .caps import WINDOW, CapState, effective_limit, headroom, learn_from_rejection, next_slot, used
-from .catalog import classify_error
+from .catalog import Classification, classify_error
 from .clock import ClockLike
 from .config import AccountSettings
 from .errors import (
@@ -35,6 +35,7 @@ from .errors import (
     TikTokTransportError,
     TokenError,
 )
+from .health import AccountBreaker
 from .jobs import (
     SCOPE_FOR_MODE,
     ChunkPlan,
@@ -72,6 +73,10 @@ def post_url(username: str | None, post_ids: tuple[str, ...]) -> str | None:
     return None
 
 
+# The job ended without saying anything about the account (no token, moved by an operator).
+_NO_VERDICT = object()
+
+
 class Shard:
     def __init__(
         self,
@@ -84,6 +89,7 @@ class Shard:
         clock: ClockLike,
         chunk_size: int,
         on_processing: Callable[[], None],
+        breaker: AccountBreaker,
         rng: random.Random | None = None,
     ) -> None:
         self.account = account
@@ -94,6 +100,8 @@ class Shard:
         self._clock = clock
         self._chunk_size = chunk_size
         self._on_processing = on_processing
+        self.breaker = breaker
+        self._saved_breaker = breaker.snapshot()
         self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
         self.current_job: str | None = None
@@ -109,6 +117,8 @@ class Shard:
         now = self._clock.now()
         return {
             "paused": self.paused,
+            "breaker": self.breaker.state.value,
+            "breaker_retry_at": self.breaker.retry_at(),
             "current_job": self.current_job,
             "cap": {
                 "used": used(self._inits, now),
@@ -148,11 +158,22 @@ class Shard:
                 # Checked before dispatch: the daily cap is never discovered by exceeding it.
                 await self._idle(until=next_slot(self._cap, self._inits, now))
                 continue
+            if not self.breaker.admit():
+                # Open: the account rests until its probe is due (exactly one job then).
+                await self._idle(until=self.breaker.retry_at())
+                continue
             self.current_job = job.id
+            verdict: Classification | object | None = _NO_VERDICT
             try:
-                await self._work(job)
+                verdict = await self._work(job)
             finally:
                 self.current_job = None
+                if verdict is _NO_VERDICT:
+                    self.breaker.released()
+                else:
+                    self.breaker.record(verdict)  # type: ignore[arg-type]
+                with anyio.CancelScope(shield=True):
+                    await self._save_breaker()
 
     @staticmethod
     def _needs_direct_init(job: Job) -> bool:
@@ -167,7 +188,25 @@ class Shard:
         with anyio.move_on_after(self._clock.real_seconds(wait) if wait != math.inf else None):
             await self._wakeup.wait()
 
-    async def _work(self, job: Job) -> None:
+    async def _save_breaker(self) -> None:
+        snapshot = self.breaker.snapshot()
+        if snapshot == self._saved_breaker:
+            return
+        state = await self._store.account_state(self.account.id)
+        await self._store.save_account_state(
+            replace(
+                state,
+                breaker_state=snapshot.state.value,
+                breaker_failures=snapshot.fail_count,
+                breaker_opened_at=snapshot.opened_at,
+            ),
+            self._clock.now(),
+        )
+        self._saved_breaker = snapshot
+
+    async def _work(self, job: Job) -> Classification | object | None:
+        """Carries one job as far as it goes; returns the verdict for the account's breaker:
+        None (TikTok took it), the failure's classification, or _NO_VERDICT."""
         try:
             if job.state is JobState.RETRY_WAIT and job.publish_id:
                 job = await self._resume(job)
@@ -175,12 +214,14 @@ class Shard:
                 await self._upload(job)
             elif job.state is not JobState.PROCESSING:
                 await self._dispatch(job)
+            return None
         except JobFailed as failure:
             if failure.classification.code == "spam_risk_too_many_posts":
                 failure.hint = await self._cap_spent()
             current = await self._store.get_job(job.id)
             if current is not None:
                 await settle(self._store, self._clock, self._rng, current, failure)
+            return failure.classification
         except NeedsReauth:
             await self._wait_for_token(job.id, "the account needs to be authorized again")
         except TokenError as exc:
@@ -193,6 +234,7 @@ class Shard:
                 exc.message,
                 extra=fields("job.moved_elsewhere", job=job.id, account=job.account_id),
             )
+        return _NO_VERDICT
 
     async def _cap_spent(self) -> float:
         """TikTok says the creator's daily cap is spent: learn it; returns the wait."""

@@ -103,6 +103,9 @@ class AccountState:
     paused: bool = False
     learned_cap: int | None = None
     blocked_until: float | None = None
+    breaker_state: str = "closed"
+    breaker_failures: int = 0
+    breaker_opened_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -649,13 +652,27 @@ class Store:
             paused=bool(row["paused"]),
             learned_cap=row["learned_cap"],
             blocked_until=row["blocked_until"],
+            breaker_state=row["breaker_state"],
+            breaker_failures=row["breaker_failures"],
+            breaker_opened_at=row["breaker_opened_at"],
         )
 
     async def save_account_state(self, state: AccountState, now: float) -> None:
         async def tx(conn: aiosqlite.Connection) -> None:
             await conn.execute(
-                "INSERT OR REPLACE INTO account_state VALUES (?, ?, ?, ?, ?)",
-                (state.account_id, int(state.paused), state.learned_cap, state.blocked_until, now),
+                "INSERT OR REPLACE INTO account_state (account_id, paused, learned_cap, "
+                "blocked_until, updated_at, breaker_state, breaker_failures, breaker_opened_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    state.account_id,
+                    int(state.paused),
+                    state.learned_cap,
+                    state.blocked_until,
+                    now,
+                    state.breaker_state,
+                    state.breaker_failures,
+                    state.breaker_opened_at,
+                ),
             )
 
         await self._write(tx)

@@ -131,3 +131,97 @@ async def test_a_paused_account_takes_no_work_until_resumed(
         )
         await client.post("/v1/accounts/acme-us/resume")
         assert await until_ended(client, job["id"]) == "published"
+
+
+@pytest.mark.anyio
+async def test_a_failing_account_trips_its_breaker_rests_and_comes_back_after_one_probe(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        accounts=("acme-us", "acme-uk"),
+        extra_daemon={"breaker_failures": 3, "breaker_reset": 120.0},
+    )
+    # The creator is barred from posting (the account's own fault) for the next three calls.
+    sandbox.set_faults(
+        {
+            "rules": [
+                {
+                    "endpoint": "creator_info",
+                    "open_id": "open-acme-us",
+                    "fault": "error",
+                    "code": "spam_risk_user_banned_from_posting",
+                    "times": 3,
+                }
+            ]
+        }
+    )
+    videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(6)]
+    async with running(config) as (_, client):
+        failing = [
+            await submit(client, account="acme-us", video_path=str(v), caption="x")
+            for v in videos[:3]
+        ]
+        for job in failing:
+            assert await until_ended(client, job["id"]) == "review"
+        acct = await account_status(client, "acme-us")
+        assert acct["breaker"] == "open"
+        # While it rests, its jobs wait; another account is not affected.
+        waiting = [
+            await submit(client, account="acme-us", video_path=str(v), caption="y")
+            for v in videos[3:5]
+        ]
+        other = await submit(client, account="acme-uk", video_path=str(videos[5]))
+        assert await until_ended(client, other["id"]) == "published"
+        for job in waiting:
+            assert await until_ended(client, job["id"]) == "published"
+        assert (await account_status(client, "acme-us"))["breaker"] == "closed"
+    calls = [
+        r["at"]
+        for r in sandbox.requests()
+        if r["endpoint"] == "creator_info" and r["open_id"] == "open-acme-us"
+    ]
+    assert len(calls) == 5  # three failures, one probe, then the other job
+    assert calls[3] - calls[2] >= 120.0 - 1, "nothing was sent while the breaker was open"
+
+
+@pytest.mark.anyio
+async def test_an_open_breaker_stays_open_across_a_restart(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        extra_daemon={"breaker_failures": 2, "breaker_reset": 1e6},
+    )
+    sandbox.set_faults(
+        {
+            "rules": [
+                {
+                    "endpoint": "creator_info",
+                    "fault": "error",
+                    "code": "spam_risk_user_banned_from_posting",
+                    "times": 2,
+                }
+            ]
+        }
+    )
+    videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
+    async with running(config) as (_, client):
+        for v in videos[:2]:
+            job = await submit(client, account="acme-us", video_path=str(v))
+            assert await until_ended(client, job["id"]) == "review"
+        assert (await account_status(client, "acme-us"))["breaker"] == "open"
+    async with running(config) as (_, client):
+        acct = await account_status(client, "acme-us")
+        assert acct["breaker"] == "open" and acct["breaker_retry_at"] is not None
+        job = await submit(client, account="acme-us", video_path=str(videos[2]))
+        assert (await job_state(client, job["id"]))["job"]["state"] == "queued"
+    assert len([r for r in sandbox.requests() if r["endpoint"] == "creator_info"]) == 2
