@@ -39,8 +39,9 @@ from .config import Config
 from .errors import ApiError, TikTokError, TokenError
 from .httpd import Request, Response
 from .intake import build_job, parse_submission, spool_video
-from .jobs import TERMINAL, Job, JobState, entering_processing
+from .jobs import SCOPE_FOR_MODE, TERMINAL, Job, JobState, entering_processing
 from .logs import fields
+from .routing import Routing
 from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome, TokenRecord
 from .tokens import TokenRegistry
 
@@ -69,7 +70,8 @@ def iso(ts: float | None) -> str | None:
 def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
-        "account": job.account_id,
+        "account": job.account_id or None,
+        "pool": job.pool,
         "state": job.state.value,
         "mode": job.mode.value,
         "source": job.source.value,
@@ -174,6 +176,7 @@ class ControlApi:
         on_submitted: Callable[[str], None],
         live: Callable[[], Mapping[str, Any]],
         tokens: TokenRegistry | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -182,6 +185,7 @@ class ControlApi:
         self._on_submitted = on_submitted
         self._live = live
         self._tokens = tokens
+        self._routing = routing
         self.accepting = True
 
     async def handle(self, request: Request) -> Response:
@@ -238,27 +242,49 @@ class ControlApi:
         except ValueError as exc:
             raise ApiError("invalid_json", f"the body is not JSON: {exc}", status=400) from None
         sub = parse_submission(body)
-        account = self._config.account(sub.account)
-        if account is None or not account.enabled:
-            raise ApiError(
-                "unknown_account",
-                f"no enabled account {sub.account!r} in {self._config.path}",
-                status=404,
-            )
-        token = await self._store.get_token(sub.account)
-        if token is not None and token.state in ("needs_reauth", "exhausted"):
-            # A parked account takes no new jobs; the ones it has wait for re-authorization.
-            raise ApiError(
-                "account_needs_reauth",
-                f"account {sub.account} must be authorized again ({token.last_error}); run "
-                f"`orchestrator auth url {sub.account}` and have the creator approve the app",
-                status=409,
-            )
+        if sub.pool is None:
+            await self._check_account(sub.account)
         spooled = None
         if sub.video_path is not None:
             spooled = await anyio.to_thread.run_sync(spool_video, sub.video_path, self._spool)
         job, fingerprint = build_job(sub, now=self._clock.now(), spooled=spooled)
+        routed = None
+        if sub.pool is not None and self._routing is not None:
+            routed = await self._routing.pick(sub.pool, SCOPE_FOR_MODE[sub.mode])
+            job = replace(job, account_id=routed.account or "")
         outcome, stored = await self._store.submit(job, fingerprint)
+        if outcome == SubmitOutcome.CREATED and routed is not None:
+            await self._store.add_event(
+                stored.id,
+                self._clock.now(),
+                "job.routed",
+                {
+                    "to": routed.account,
+                    "reason": routed.reason,
+                    "considered": [f"{a}: {why}" for a, why in routed.considered[:10]],
+                },
+            )
+        return self._submitted_response(outcome, stored)
+
+    async def _check_account(self, account_id: str) -> None:
+        account = self._config.account(account_id)
+        if account is None or not account.enabled:
+            raise ApiError(
+                "unknown_account",
+                f"no enabled account {account_id!r} in {self._config.path}",
+                status=404,
+            )
+        token = await self._store.get_token(account_id)
+        if token is not None and token.state in ("needs_reauth", "exhausted"):
+            # A parked account takes no new jobs; the ones it has wait for re-authorization.
+            raise ApiError(
+                "account_needs_reauth",
+                f"account {account_id} must be authorized again ({token.last_error}); run "
+                f"`orchestrator auth url {account_id}` and have the creator approve the app",
+                status=409,
+            )
+
+    def _submitted_response(self, outcome: str, stored: Job) -> Response:
         if outcome == SubmitOutcome.CONFLICT:
             raise ApiError(
                 "idempotency_conflict",
@@ -272,7 +298,8 @@ class ControlApi:
                 stored.account_id,
                 extra=fields("job.submitted", job=stored.id, account=stored.account_id),
             )
-            self._on_submitted(stored.account_id)
+            if stored.account_id:
+                self._on_submitted(stored.account_id)
         status = 201 if outcome == SubmitOutcome.CREATED else 200
         return Response.json(status, {"job": job_json(stored), "created": status == 201})
 
@@ -425,6 +452,8 @@ class ControlApi:
         state = await self._store.account_state(account_id)
         await self._store.save_account_state(replace(state, paused=paused), self._clock.now())
         self._on_submitted(account_id)  # wakes the shard, which reads its state again
+        if self._routing is not None:
+            self._routing.nudge()  # its queued pool jobs may move
         log.warning(
             "account %s %s by an operator",
             account_id,
@@ -538,7 +567,7 @@ class ControlApi:
         for acct_counts in counts.values():
             for state, n in acct_counts.items():
                 totals[state] = totals.get(state, 0) + n
-        unknown = sorted(set(counts) - {a.id for a in self._config.accounts})
+        unknown = sorted(set(counts) - {a.id for a in self._config.accounts} - {""})
         attention = (
             [
                 {
@@ -590,5 +619,6 @@ class ControlApi:
             "needs_attention": attention,
             "unknown_codes": unknown_codes,
             "totals": totals,
+            "unassigned_pool_jobs": sum(counts.get("", {}).values()),
             "open": sum(n for s, n in totals.items() if JobState(s) not in TERMINAL),
         }

@@ -77,7 +77,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    payload: dict[str, Any] = {"account": args.account, "caption": args.caption}
+    payload: dict[str, Any] = {"caption": args.caption}
+    if args.account:
+        payload["account"] = args.account
+    else:
+        payload["pool"] = args.pool
     if args.video:
         path = Path(args.video).expanduser().resolve()
         # Refuse early and clearly; the daemon checks again, since it is the one that reads it.
@@ -301,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
     p = command("submit", cmd_submit, "submit a post")
-    p.add_argument("--account", required=True)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--account", help="the account to post to")
+    target.add_argument("--pool", help="let the router pick: pool:TAG[,TAG]@REGION")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="a video file (copied into the daemon's spool)")
     src.add_argument("--url", help="an https URL on a verified domain (PULL_FROM_URL)")

@@ -37,6 +37,7 @@ from .limits import AccountBudgets, TokenBucket
 from .logs import fields
 from .poller import Poller
 from .refresher import Refresher
+from .routing import Routing
 from .shard import Shard
 from .store import Store
 from .tiktok import TikTokClient
@@ -86,6 +87,7 @@ class Daemon:
         self.webhook_port: int | None = None
         self.tokens: TokenRegistry | None = None
         self.refresher: Refresher | None = None
+        self.routing: Routing | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -214,6 +216,13 @@ class Daemon:
                     on_processing=self.poller.wake,
                     breaker=breaker,
                 )
+        self.routing = Routing(
+            store=store,
+            config=self.config,
+            shards=self.shards,
+            clock=self.clock,
+            wake=self._submitted,
+        )
         self.api = ControlApi(
             store=store,
             config=self.config,
@@ -222,6 +231,7 @@ class Daemon:
             on_submitted=self._submitted,
             live=self.statistics,
             tokens=tokens,
+            routing=self.routing,
         )
         for job in await store.list_jobs(state="uncertain", limit=1000):
             log.warning(
@@ -239,6 +249,7 @@ class Daemon:
             for shard in self.shards.values():
                 tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
             tg.start_soon(self.poller.run, name="poller")
+            tg.start_soon(self.routing.run, name="routing")
             tg.start_soon(self._sweeper, name="sweeper")
             tg.start_soon(self._signals, name="signals")
             if self.config.webhooks is not None:

@@ -31,12 +31,14 @@ from .jobs import (
     payload_fingerprint,
     utf16_length,
 )
+from .router import describe, parse_target
 
 MAX_VIDEO_BYTES = 4 * 1024**3  # shared/TIKTOK_API.md §1.8
 OPTION_FLAGS = ("disable_comment", "disable_duet", "disable_stitch", "is_aigc")
 FIELDS = frozenset(
     {
         "account",
+        "pool",
         "video_path",
         "video_url",
         "caption",
@@ -51,7 +53,8 @@ FIELDS = frozenset(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Submission:
-    account: str
+    account: str  # "" for a pool job: the router picks
+    pool: str | None
     video_path: Path | None
     video_url: str | None
     caption: str
@@ -103,7 +106,14 @@ def parse_submission(body: Any) -> Submission:
             raise _invalid(field, "must be a string")
         return value
 
-    account = text("account", required=True) or ""
+    account, pool = text("account") or "", text("pool")
+    if bool(account) == bool(pool):
+        raise _invalid("account", "give exactly one of account or pool (e.g. pool:fitness@US)")
+    if pool is not None:
+        try:
+            pool = describe(parse_target(pool))
+        except ValueError as exc:
+            raise _invalid("pool", str(exc)) from None
     caption = text("caption") or ""
     if utf16_length(caption) > MAX_CAPTION_UTF16:
         raise _invalid("caption", f"is longer than {MAX_CAPTION_UTF16} UTF-16 code units")
@@ -134,6 +144,7 @@ def parse_submission(body: Any) -> Submission:
     not_before = body.get("not_before")
     return Submission(
         account=account,
+        pool=pool,
         video_path=Path(video_path) if video_path else None,
         video_url=video_url,
         caption=caption,
@@ -202,7 +213,7 @@ def build_job(
         content_sha256 = hashlib.sha256(sub.video_url.encode()).hexdigest()
         source = Source.PULL_FROM_URL
     key = sub.idempotency_key or derive_idempotency_key(
-        target=sub.account,
+        target=sub.pool or sub.account,
         content_sha256=content_sha256,
         caption=sub.caption,
         not_before=sub.not_before,
@@ -210,6 +221,7 @@ def build_job(
     fingerprint = payload_fingerprint(
         {
             "account": sub.account,
+            "pool": sub.pool,
             "content_sha256": content_sha256,
             "video_url": sub.video_url,
             "caption": sub.caption,
@@ -232,6 +244,7 @@ def build_job(
         caption=sub.caption,
         privacy_level=sub.privacy_level,
         options=dict(sub.options),
+        pool=sub.pool,
         state=JobState.QUEUED,
         not_before=sub.not_before if sub.not_before is not None else now,
         created_at=now,

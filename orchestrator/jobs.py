@@ -102,6 +102,9 @@ class Job:
     privacy_level: str | None
     options: dict[str, Any] = field(default_factory=dict)
     lane: str = "new"
+    # A pool spec ("pool:tag@US") when the router picks the account; None when pinned.
+    # Invariant: account_id is "" only for a pool job no account could take yet.
+    pool: str | None = None
     state: JobState
     not_before: float
     attempt_count: int = 0

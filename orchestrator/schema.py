@@ -175,4 +175,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE account_state ADD COLUMN breaker_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE account_state ADD COLUMN breaker_opened_at REAL;
     """,
+    # 8: jobs for a pool of accounts (tags, region) rather than one account.
+    """
+    ALTER TABLE jobs ADD COLUMN pool TEXT;
+    CREATE INDEX jobs_by_pool ON jobs (pool, state) WHERE pool IS NOT NULL;
+    """,
 )

@@ -113,6 +113,9 @@ class Shard:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def headroom(self, now: float) -> int:
+        return headroom(self._cap, self._inits, now)
+
     def statistics(self) -> dict[str, object]:
         now = self._clock.now()
         return {

@@ -142,6 +142,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         privacy_level=row["privacy_level"],
         options=json.loads(row["options"]),
         lane=row["lane"],
+        pool=row["pool"],
         state=JobState(row["state"]),
         not_before=row["not_before"],
         attempt_count=row["attempt_count"],
@@ -623,6 +624,40 @@ class Store:
         ):
             out.setdefault(row[0], {})[row[1]] = row[2]
         return out
+
+    async def routable_jobs(self, limit: int = 1000) -> list[Job]:
+        """Pool jobs that have not reached TikTok yet, so they may still change account."""
+        rows = await self._fetchall(
+            "SELECT * FROM jobs WHERE pool IS NOT NULL AND state IN ('queued', 'retry_wait') "
+            "AND publish_id IS NULL ORDER BY created_at LIMIT ?",
+            (limit,),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def waiting_counts(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT account_id, COUNT(*) FROM jobs WHERE state IN ('queued', 'retry_wait') "
+            "GROUP BY account_id"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def reassign(
+        self, job_id: str, *, from_account: str, to_account: str, now: float, detail: dict[str, Any]
+    ) -> bool:
+        """Move a pool job to another account, only if nothing has reached TikTok for it."""
+
+        async def tx(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute(
+                "UPDATE jobs SET account_id = ?, updated_at = ? WHERE id = ? AND account_id = ? "
+                "AND state IN ('queued', 'retry_wait') AND publish_id IS NULL",
+                (to_account, now, job_id, from_account),
+            )
+            if not cur.rowcount:
+                return False
+            await _insert_event(conn, job_id, now, None, None, "job.routed", detail)
+            return True
+
+        return await self._write(tx)
 
     # -- accounts: caps and pauses --------------------------------------------------------
 
