@@ -612,6 +612,8 @@ class ControlApi:
                 "started_at": iso(live.get("started_at")),
                 "now": iso(now),
                 "accepting": self.accepting,
+                "app_paused_until": iso(live.get("app_paused_until")),
+                "app_paused_reason": live.get("app_paused_reason"),
                 "config": str(self._config.path),
             },
             "accounts": accounts,

@@ -33,7 +33,7 @@ from .crypto import TokenCipher
 from .errors import DaemonAlreadyRunning, TokenError
 from .health import AccountBreaker, BreakerSnapshot, BreakerState
 from .httpd import serve_tcp, serve_unix
-from .limits import AccountBudgets, TokenBucket
+from .limits import AccountBudgets, AppGuard, TokenBucket
 from .logs import fields
 from .poller import Poller
 from .refresher import Refresher
@@ -88,6 +88,7 @@ class Daemon:
         self.tokens: TokenRegistry | None = None
         self.refresher: Refresher | None = None
         self.routing: Routing | None = None
+        self.guard = AppGuard()
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -99,6 +100,8 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "shards": {a: s.statistics() for a, s in self.shards.items()},
+            "app_paused_until": self.guard.blocked_until(self.clock.now()),
+            "app_paused_reason": self.guard.reason,
         }
 
     def request_stop(self) -> None:
@@ -215,6 +218,7 @@ class Daemon:
                     chunk_size=settings.upload_chunk_size,
                     on_processing=self.poller.wake,
                     breaker=breaker,
+                    guard=self.guard,
                 )
         self.routing = Routing(
             store=store,

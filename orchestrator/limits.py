@@ -87,3 +87,26 @@ class AccountBudgets:
 
     async def acquire(self, endpoint: str) -> None:
         await self._windows[endpoint].acquire()
+
+
+class AppGuard:
+    """Pauses every account of the app together when TikTok says the app itself is at its
+    limit (``reached_active_user_cap``), instead of letting each account trip in turn."""
+
+    DEFAULT_PAUSE = 3600.0
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+        self.reason: str | None = None
+
+    def trip(self, now: float, *, reason: str, hint: float | None) -> float:
+        """Pause until the hint (or an hour) has passed; returns when posting may resume."""
+        until = now + (hint if hint is not None else self.DEFAULT_PAUSE)
+        self.until = max(self.until or 0.0, until)
+        self.reason = reason
+        return self.until
+
+    def blocked_until(self, now: float) -> float | None:
+        if self.until is not None and self.until <= now:
+            self.until, self.reason = None, None
+        return self.until

@@ -80,6 +80,10 @@ def status_view(status: dict[str, Any]) -> str:
     totals = status["totals"]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no jobs yet"
     lines = [head, "", body, "", f"jobs: {summary}; {status['open']} open"]
+    if d.get("app_paused_until"):
+        lines.append(
+            f"APP PAUSED until {d['app_paused_until']}: TikTok said {d['app_paused_reason']}"
+        )
     for item in status.get("needs_attention", []):
         what = f"{item['job']} ({item['account']})" if item.get("job") else item["account"]
         lines.append(

@@ -47,7 +47,7 @@ from .jobs import (
     entering_processing,
     plan_chunks,
 )
-from .limits import AccountBudgets
+from .limits import AccountBudgets, AppGuard
 from .logs import fields
 from .retries import JobFailed, local, settle
 from .store import StaleTransition, Store
@@ -90,6 +90,7 @@ class Shard:
         chunk_size: int,
         on_processing: Callable[[], None],
         breaker: AccountBreaker,
+        guard: AppGuard | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.account = account
@@ -101,6 +102,7 @@ class Shard:
         self._chunk_size = chunk_size
         self._on_processing = on_processing
         self.breaker = breaker
+        self._guard = guard or AppGuard()
         self._saved_breaker = breaker.snapshot()
         self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
@@ -156,6 +158,9 @@ class Shard:
             job = await self._store.next_job(self.account.id, now)
             if job is None:
                 await self._idle()
+                continue
+            if self._needs_direct_init(job) and (until := self._guard.blocked_until(now)):
+                await self._idle(until=until)  # the whole app is paused by TikTok
                 continue
             if self._needs_direct_init(job) and headroom(self._cap, self._inits, now) == 0:
                 # Checked before dispatch: the daily cap is never discovered by exceeding it.
@@ -221,6 +226,16 @@ class Shard:
         except JobFailed as failure:
             if failure.classification.code == "spam_risk_too_many_posts":
                 failure.hint = await self._cap_spent()
+            elif failure.classification.code == "reached_active_user_cap":
+                now = self._clock.now()
+                until = self._guard.trip(now, reason="reached_active_user_cap", hint=failure.hint)
+                failure.hint = until - now
+                log.error(
+                    "TikTok says the app reached its daily cap of active creators; every "
+                    "account pauses until %s",
+                    until,
+                    extra=fields("app.paused", account=self.account.id, until=until),
+                )
             current = await self._store.get_job(job.id)
             if current is not None:
                 await settle(self._store, self._clock, self._rng, current, failure)

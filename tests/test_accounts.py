@@ -225,3 +225,55 @@ async def test_an_open_breaker_stays_open_across_a_restart(
         job = await submit(client, account="acme-us", video_path=str(videos[2]))
         assert (await job_state(client, job["id"]))["job"]["state"] == "queued"
     assert len([r for r in sandbox.requests() if r["endpoint"] == "creator_info"]) == 2
+
+
+@pytest.mark.anyio
+async def test_the_app_wide_cap_pauses_every_account_at_once(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        accounts=("acme-uk", "acme-us"),
+    )
+    sandbox.set_faults(
+        {
+            "rules": [
+                {
+                    "endpoint": "video_init",
+                    "fault": "error",
+                    "code": "reached_active_user_cap",
+                    "times": 1,
+                }
+            ]
+        }
+    )
+    async with running(config) as (daemon, client):
+        due = daemon.clock.now() + 30
+        later = await submit(
+            client,
+            account="acme-us",
+            video_path=str(make_video(tmp_path / "b.mp4", 10_001)),
+            not_before=due,
+        )
+        first = await submit(
+            client, account="acme-uk", video_path=str(make_video(tmp_path / "a.mp4", 10_000))
+        )
+
+        async def deferred() -> bool:
+            return (await job_state(client, first["id"]))["job"]["state"] == "retry_wait"
+
+        await wait_for(deferred, what="the first job to be deferred")
+        status = (await client.get("/v1/status")).json()
+        assert status["daemon"]["app_paused_reason"] == "reached_active_user_cap"
+
+        async def past_due() -> bool:
+            return daemon.clock.now() > due + 60
+
+        await wait_for(past_due, what="the second job to be due")
+        assert (await job_state(client, later["id"]))["job"]["state"] == "queued"
+    us = [r for r in sandbox.requests() if r["open_id"] == "open-acme-us"]
+    assert us == [], "another account of the same app did not try, and trip, in turn"

@@ -108,3 +108,50 @@ async def test_a_bad_pool_spec_is_refused(tmp_path: Path, sandbox: Sandbox, epoc
         ):
             r = await client.post("/v1/jobs", json=payload)
             assert r.status_code == 400, r.text
+
+
+async def test_a_hundred_accounts_use_their_caps_fully_and_never_exceed_them(
+    tmp_path: Path, epoch: float
+) -> None:
+    from orchestrator.sandbox import SandboxConfig
+
+    scale, cap, accounts = 600.0, 3, tuple(f"acct-{n:03d}" for n in range(100))
+    with Sandbox(
+        SandboxConfig(
+            time_scale=scale, epoch=epoch, client_key=KEY, client_secret=SECRET, daily_cap=cap
+        )
+    ) as sandbox:
+        config = write_config(
+            tmp_path,
+            sandbox,
+            epoch=epoch,
+            client_key=KEY,
+            client_secret=SECRET,
+            accounts=accounts,
+            scale=scale,
+            poll_interval=60.0,
+            account_toml=f'tags = ["fit"]\ndaily_cap = {cap}',
+        )
+        allowed = cap * len(accounts)
+        videos = [make_video(tmp_path / f"{n}.mp4", 5_000 + n, seed=n) for n in range(40)]
+        async with running(config) as (_, client):
+            for n in range(allowed + 100):  # more work than the caps allow
+                await submit(
+                    client, pool="pool:fit", video_path=str(videos[n % 40]), caption=f"#{n}"
+                )
+
+            async def all_allowed_published() -> bool:
+                status = (await client.get("/v1/status")).json()
+                return status["totals"].get("published", 0) >= allowed
+
+            await wait_for(all_allowed_published, timeout=120, what="the caps to be used")
+            status = (await client.get("/v1/status")).json()
+        assert status["totals"]["published"] == allowed  # 100% of what the caps allow
+        ledger = sandbox.ledger()
+        per_account: dict[str, int] = {}
+        for post in ledger["posts"]:
+            per_account[post["open_id"]] = per_account.get(post["open_id"], 0) + 1
+        assert max(per_account.values()) == cap and len(per_account) == len(accounts)
+        assert ledger["violations"]["rate_limited"] == 0, "the sandbox never answered 429"
+        assert ledger["cap_rejections"] == 0 and ledger["violations"]["cap_exceeded"] == 0
+        assert ledger["duplicates"] == []
