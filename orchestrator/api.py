@@ -619,6 +619,10 @@ class ControlApi:
             "accounts": accounts,
             "unconfigured_accounts_with_jobs": unknown,
             "needs_attention": attention,
+            "alerts": [
+                {**a, "at": iso(a.get("at")), "since": iso(a.get("since"))}
+                for a in live.get("alerts", [])
+            ],
             "unknown_codes": unknown_codes,
             "totals": totals,
             "unassigned_pool_jobs": sum(counts.get("", {}).values()),

@@ -146,12 +146,34 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AlertSettings:
+    """Where alerts go besides the log and `orchestrator status`."""
+
+    webhook_url: str | None = None
+    # The HMAC-SHA256 key for X-Orchestrator-Signature; a file holding only the key.
+    webhook_secret_file: Path | None = None
+
+    def webhook_secret(self) -> str:
+        if self.webhook_secret_file is None:
+            return ""
+        try:
+            return self.webhook_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the alert webhook secret: {exc.strerror}",
+                file=str(self.webhook_secret_file),
+                field="alerts.webhook_secret_file",
+            ) from None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
     path: Path
     daemon: DaemonSettings
     tiktok: TikTokSettings
     accounts: tuple[AccountSettings, ...] = ()
     webhooks: WebhookSettings | None = None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     _by_id: dict[str, AccountSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -186,11 +208,20 @@ def parse_config(text: str, *, path: Path) -> Config:
     top = _Table(data, problems, base=path.parent)
     daemon = _read_daemon(top.table("daemon"))
     tiktok = _read_tiktok(top.table("tiktok"))
-    webhooks = _read_webhooks(top.table("webhooks")) if "webhooks" in data else None
+    hooks = top.table("webhooks")
+    webhooks = _read_webhooks(hooks) if "webhooks" in data else None
+    alerts = _read_alerts(top.table("alerts"))
     accounts = _read_accounts(top)
     top.finish()
     _raise_if_any(problems, str(path))
-    return Config(path=path, daemon=daemon, tiktok=tiktok, accounts=accounts, webhooks=webhooks)
+    return Config(
+        path=path,
+        daemon=daemon,
+        tiktok=tiktok,
+        accounts=accounts,
+        webhooks=webhooks,
+        alerts=alerts,
+    )
 
 
 def _describe_syntax_error(message: str) -> str:
@@ -261,6 +292,15 @@ def _read_tiktok(t: _Table) -> TikTokSettings:
     )
     if "token_key_file" in t.data and "token_key_credential" in t.data:
         t.add("give token_key_file or token_key_credential, not both", "token_key_credential")
+    t.finish()
+    return settings
+
+
+def _read_alerts(t: _Table) -> AlertSettings:
+    settings = AlertSettings(
+        webhook_url=t.get("webhook_url", _url, None),
+        webhook_secret_file=t.get("webhook_secret_file", t.path, None),
+    )
     t.finish()
     return settings
 

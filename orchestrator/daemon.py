@@ -26,6 +26,7 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import __version__
+from .alerts import AlertManager, Conditions, ErrorRates
 from .api import ControlApi
 from .clock import Clock, ClockLike
 from .config import Config
@@ -89,6 +90,9 @@ class Daemon:
         self.refresher: Refresher | None = None
         self.routing: Routing | None = None
         self.guard = AppGuard()
+        self.error_rates = ErrorRates()
+        self.alerts: AlertManager | None = None
+        self._http: httpx.AsyncClient | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -100,9 +104,32 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "shards": {a: s.statistics() for a, s in self.shards.items()},
+            "alerts": self.alerts.listing() if self.alerts else [],
             "app_paused_until": self.guard.blocked_until(self.clock.now()),
             "app_paused_reason": self.guard.reason,
         }
+
+    def _verdict(self, account_id: str, failed: bool) -> None:
+        self.error_rates.record(account_id, failed=failed, now=self.clock.now())
+
+    async def _conditions(self) -> Conditions:
+        assert self.store is not None
+        store, now = self.store, self.clock.now()
+        tokens = await store.all_tokens()
+        return Conditions(
+            open_breakers=tuple(
+                a for a, s in self.shards.items() if s.breaker.state is not BreakerState.CLOSED
+            ),
+            reauth_accounts=tuple(
+                t.account_id for t in tokens if t.state in ("needs_reauth", "exhausted")
+            ),
+            uncertain_jobs=tuple(
+                (j.id, j.account_id) for j in await store.list_jobs(state="uncertain", limit=100)
+            ),
+            stuck_jobs=tuple((j.id, j.account_id) for j in await store.stuck_posts(100)),
+            error_rates=self.error_rates.snapshot(now),
+            app_paused=self.guard.reason if self.guard.blocked_until(now) else None,
+        )
 
     def request_stop(self) -> None:
         if self.api is not None:
@@ -138,6 +165,7 @@ class Daemon:
                 )
             limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
             async with httpx.AsyncClient(limits=limits, timeout=settings.request_timeout) as http:
+                self._http = http
                 client = TikTokClient(
                     http,
                     base_url=self.config.tiktok.base_url,
@@ -219,6 +247,7 @@ class Daemon:
                     on_processing=self.poller.wake,
                     breaker=breaker,
                     guard=self.guard,
+                    on_verdict=self._verdict,
                 )
         self.routing = Routing(
             store=store,
@@ -254,6 +283,14 @@ class Daemon:
                 tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
             tg.start_soon(self.poller.run, name="poller")
             tg.start_soon(self.routing.run, name="routing")
+            self.alerts = AlertManager(
+                clock=self.clock,
+                snapshot=self._conditions,
+                webhook_url=self.config.alerts.webhook_url,
+                webhook_secret=self.config.alerts.webhook_secret,
+                http=self._http,
+            )
+            tg.start_soon(self.alerts.run, name="alerts")
             tg.start_soon(self._sweeper, name="sweeper")
             tg.start_soon(self._signals, name="signals")
             if self.config.webhooks is not None:

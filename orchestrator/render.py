@@ -84,6 +84,8 @@ def status_view(status: dict[str, Any]) -> str:
         lines.append(
             f"APP PAUSED until {d['app_paused_until']}: TikTok said {d['app_paused_reason']}"
         )
+    for alert in status.get("alerts", []):
+        lines.append(f"ALERT ({alert['severity']}) since {alert['since']}: {alert['message']}")
     for item in status.get("needs_attention", []):
         what = f"{item['job']} ({item['account']})" if item.get("job") else item["account"]
         lines.append(

@@ -91,6 +91,7 @@ class Shard:
         on_processing: Callable[[], None],
         breaker: AccountBreaker,
         guard: AppGuard | None = None,
+        on_verdict: Callable[[str, bool], None] = lambda account, failed: None,
         rng: random.Random | None = None,
     ) -> None:
         self.account = account
@@ -103,6 +104,7 @@ class Shard:
         self._on_processing = on_processing
         self.breaker = breaker
         self._guard = guard or AppGuard()
+        self._on_verdict = on_verdict
         self._saved_breaker = breaker.snapshot()
         self._rng = rng or random.Random()
         self._wakeup = anyio.Event()
@@ -180,6 +182,10 @@ class Shard:
                     self.breaker.released()
                 else:
                     self.breaker.record(verdict)  # type: ignore[arg-type]
+                    failed = isinstance(verdict, Classification) and (
+                        verdict.entry.counts_against_account
+                    )
+                    self._on_verdict(self.account.id, failed)
                 with anyio.CancelScope(shield=True):
                     await self._save_breaker()
 

@@ -235,7 +235,10 @@ def test_unknown_key_lists_known_keys_and_suggests_a_close_one() -> None:
     assert "display_name, enabled, id" in str(err)
     assert str(err).endswith("did you mean 'daily_cap'?")
     top = problem("\n[deamon]\nx = 1\n")
-    assert "field 'deamon': unknown key 'deamon' (known: accounts, daemon, tiktok)" in str(top)
+    assert (
+        "field 'deamon': unknown key 'deamon' (known: accounts, alerts, daemon, tiktok, webhooks)"
+        in str(top)
+    )
     assert "did you mean 'daemon'?" in str(top)
     far = problem(base=MINIMAL.replace("[tiktok]", "[tiktok]\nzzz = 1"))
     assert "field 'tiktok.zzz'" in str(far)
