@@ -91,13 +91,29 @@ class AccountBudgets:
 
 class AppGuard:
     """Pauses every account of the app together when TikTok says the app itself is at its
-    limit (``reached_active_user_cap``), instead of letting each account trip in turn."""
+    limit (``reached_active_user_cap``), or when several accounts are told to slow down at
+    once (429s across accounts mean the app, not one token, is over a limit), instead of
+    letting each account trip in turn."""
 
     DEFAULT_PAUSE = 3600.0
+    # 429s from this many different accounts within RATE_WINDOW pause the app RATE_PAUSE.
+    RATE_ACCOUNTS, RATE_WINDOW, RATE_PAUSE = 3, 60.0, 60.0
 
     def __init__(self) -> None:
         self.until: float | None = None
         self.reason: str | None = None
+        self._limited: dict[str, float] = {}
+
+    def rate_limited(self, account_id: str, now: float, hint: float | None) -> float | None:
+        """Note a 429 for an account; returns the pause if it makes the 429s app-wide."""
+        self._limited[account_id] = now
+        self._limited = {a: t for a, t in self._limited.items() if t > now - self.RATE_WINDOW}
+        if len(self._limited) < self.RATE_ACCOUNTS:
+            return None
+        self._limited.clear()
+        return self.trip(
+            now, reason="rate_limit_exceeded on several accounts", hint=hint or self.RATE_PAUSE
+        )
 
     def trip(self, now: float, *, reason: str, hint: float | None) -> float:
         """Pause until the hint (or an hour) has passed; returns when posting may resume."""

@@ -232,6 +232,15 @@ class Shard:
         except JobFailed as failure:
             if failure.classification.code == "spam_risk_too_many_posts":
                 failure.hint = await self._cap_spent()
+            elif failure.classification.code == "rate_limit_exceeded":
+                now = self._clock.now()
+                until = self._guard.rate_limited(self.account.id, now, failure.hint)
+                if until is not None:
+                    log.error(
+                        "429s on several accounts at once: every account pauses until %s",
+                        until,
+                        extra=fields("app.paused", account=self.account.id, until=until),
+                    )
             elif failure.classification.code == "reached_active_user_cap":
                 now = self._clock.now()
                 until = self._guard.trip(now, reason="reached_active_user_cap", hint=failure.hint)

@@ -277,3 +277,17 @@ async def test_the_app_wide_cap_pauses_every_account_at_once(
         assert (await job_state(client, later["id"]))["job"]["state"] == "queued"
     us = [r for r in sandbox.requests() if r["open_id"] == "open-acme-us"]
     assert us == [], "another account of the same app did not try, and trip, in turn"
+
+
+def test_429s_across_accounts_pause_the_app_but_one_accounts_do_not() -> None:
+    from orchestrator.limits import AppGuard
+
+    guard = AppGuard()
+    assert guard.rate_limited("a", 1000.0, None) is None
+    assert guard.rate_limited("a", 1001.0, None) is None  # one token's own limit
+    assert guard.rate_limited("b", 1002.0, None) is None
+    assert guard.rate_limited("c", 1100.0, None) is None  # "a" and "b" are a minute old
+    assert guard.rate_limited("d", 1101.0, None) is None
+    assert guard.rate_limited("e", 1102.0, None) == 1102.0 + AppGuard.RATE_PAUSE  # c, d, e
+    assert guard.blocked_until(1103.0) == 1162.0
+    assert guard.blocked_until(1200.0) is None  # the pause ends by itself
