@@ -32,7 +32,7 @@ import anyio
 
 from .catalog import ErrorClass, classify_error
 from .clock import ClockLike
-from .crypto import TokenCipher
+from .crypto import PREFIX, TokenCipher
 from .errors import NeedsReauth, TikTokError, TikTokTransportError, TokenError
 from .logs import fields
 from .store import Store, TokenOutcome, TokenRecord
@@ -114,43 +114,38 @@ class TokenRegistry:
 
     # -- the store boundary: tokens are encrypted at rest ------------------------------------
 
-    def _seal(self, record: TokenRecord) -> TokenRecord:
-        if self._cipher is None:
-            return record
-        acct, c = record.account_id, self._cipher
+    @staticmethod
+    def _map_tokens(record: TokenRecord, fn: Callable[[str, str], str]) -> TokenRecord:
+        """Apply ``fn(value, context)`` to both token columns; the context binds a ciphertext
+        to its account and column, so a value copied elsewhere does not decrypt."""
+        acct = record.account_id
         return replace(
             record,
-            access_token=c.encrypt(record.access_token, context=f"{acct}/access")
-            if record.access_token
-            else None,
-            refresh_token=c.encrypt(record.refresh_token, context=f"{acct}/refresh")
+            access_token=fn(record.access_token, f"{acct}/access") if record.access_token else None,
+            refresh_token=fn(record.refresh_token, f"{acct}/refresh")
             if record.refresh_token
             else None,
         )
+
+    def _seal(self, record: TokenRecord) -> TokenRecord:
+        if self._cipher is None:
+            return record
+        cipher = self._cipher
+        return self._map_tokens(record, lambda v, ctx: cipher.encrypt(v, context=ctx))
 
     async def load(self, account_id: str) -> TokenRecord | None:
         record = await self._store.get_token(account_id)
         if record is None:
             return None
         if self._cipher is None:
-            if any(
-                v and v.startswith("enc1:") for v in (record.access_token, record.refresh_token)
-            ):
+            if any(v and v.startswith(PREFIX) for v in (record.access_token, record.refresh_token)):
                 raise TokenError(
                     f"the tokens of {account_id} are encrypted but no token key is configured",
                     account=account_id,
                 )
             return record
-        c = self._cipher
-        return replace(
-            record,
-            access_token=c.decrypt(record.access_token, context=f"{account_id}/access")
-            if record.access_token
-            else None,
-            refresh_token=c.decrypt(record.refresh_token, context=f"{account_id}/refresh")
-            if record.refresh_token
-            else None,
-        )
+        cipher = self._cipher
+        return self._map_tokens(record, lambda v, ctx: cipher.decrypt(v, context=ctx))
 
     async def save(self, record: TokenRecord, history: TokenOutcome | None = None) -> None:
         await self._store.save_token(self._seal(record), history=history)

@@ -84,6 +84,25 @@ def write_config(
     return path
 
 
+def faults(*rules: dict[str, Any]) -> dict[str, Any]:
+    """A sandbox fault plan from rules."""
+    return {"rules": list(rules)}
+
+
+def banned(times: int | None = None, open_id: str | None = None) -> dict[str, Any]:
+    """creator_info says the creator may not post: a failure that is the account's own."""
+    rule: dict[str, Any] = {
+        "endpoint": "creator_info",
+        "fault": "error",
+        "code": "spam_risk_user_banned_from_posting",
+    }
+    if times is not None:
+        rule["times"] = times
+    if open_id is not None:
+        rule["open_id"] = open_id
+    return rule
+
+
 def make_video(path: Path, size: int, seed: int = 0) -> Path:
     import random
 

@@ -15,6 +15,8 @@ from orchestrator.sandbox import Sandbox
 from .harness import (
     KEY,
     SECRET,
+    banned,
+    faults,
     job_state,
     make_video,
     running,
@@ -147,19 +149,7 @@ async def test_a_failing_account_trips_its_breaker_rests_and_comes_back_after_on
         extra_daemon={"breaker_failures": 3, "breaker_reset": 120.0},
     )
     # The creator is barred from posting (the account's own fault) for the next three calls.
-    sandbox.set_faults(
-        {
-            "rules": [
-                {
-                    "endpoint": "creator_info",
-                    "open_id": "open-acme-us",
-                    "fault": "error",
-                    "code": "spam_risk_user_banned_from_posting",
-                    "times": 3,
-                }
-            ]
-        }
-    )
+    sandbox.set_faults(faults(banned(times=3, open_id="open-acme-us")))
     videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(6)]
     async with running(config) as (_, client):
         failing = [
@@ -201,18 +191,7 @@ async def test_an_open_breaker_stays_open_across_a_restart(
         client_secret=SECRET,
         extra_daemon={"breaker_failures": 2, "breaker_reset": 1e6},
     )
-    sandbox.set_faults(
-        {
-            "rules": [
-                {
-                    "endpoint": "creator_info",
-                    "fault": "error",
-                    "code": "spam_risk_user_banned_from_posting",
-                    "times": 2,
-                }
-            ]
-        }
-    )
+    sandbox.set_faults(faults(banned(times=2)))
     videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
     async with running(config) as (_, client):
         for v in videos[:2]:

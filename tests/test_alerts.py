@@ -14,7 +14,18 @@ from orchestrator.alerts import Conditions, ErrorRates, evaluate, is_spike, sign
 from orchestrator.httpd import Request, Response, serve_tcp
 from orchestrator.sandbox import Sandbox
 
-from .harness import KEY, SECRET, make_video, running, submit, until_ended, wait_for, write_config
+from .harness import (
+    KEY,
+    SECRET,
+    banned,
+    faults,
+    make_video,
+    running,
+    submit,
+    until_ended,
+    wait_for,
+    write_config,
+)
 
 
 def test_a_spike_is_judged_against_the_accounts_own_baseline() -> None:
@@ -74,18 +85,7 @@ async def test_a_breaker_alert_reaches_the_webhook_opened_then_resolved(
                 f'webhook_secret_file = "{secret_file}"\n'
             ),
         )
-        sandbox.set_faults(
-            {
-                "rules": [
-                    {
-                        "endpoint": "creator_info",
-                        "fault": "error",
-                        "code": "spam_risk_user_banned_from_posting",
-                        "times": 2,
-                    }
-                ]
-            }
-        )
+        sandbox.set_faults(faults(banned(times=2)))
         videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
         async with running(config) as (_, client):
             for v in videos[:2]:

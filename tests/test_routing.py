@@ -11,6 +11,8 @@ from orchestrator.sandbox import Sandbox
 from .harness import (
     KEY,
     SECRET,
+    banned,
+    faults,
     job_state,
     make_video,
     running,
@@ -42,18 +44,7 @@ async def test_pool_jobs_avoid_an_account_whose_breaker_is_open(
     config = pool_config(
         tmp_path, sandbox, epoch, extra_daemon={"breaker_failures": 2, "breaker_reset": 1e6}
     )
-    sandbox.set_faults(
-        {
-            "rules": [
-                {
-                    "endpoint": "creator_info",
-                    "open_id": "open-acme-uk",
-                    "fault": "error",
-                    "code": "spam_risk_user_banned_from_posting",
-                }
-            ]
-        }
-    )
+    sandbox.set_faults(faults(banned(open_id="open-acme-uk")))
     videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(4)]
     async with running(config) as (_, client):
         for v in videos[:2]:
