@@ -47,8 +47,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure(config.daemon.log_level)
     os.umask(0o077)
-    anyio.run(Daemon(config).run, backend="asyncio")
+    try:
+        anyio.run(Daemon(config).run, backend="asyncio")
+    except BaseExceptionGroup as group:
+        # Task groups wrap everything; an error of ours (a socket already in use, say) is
+        # reported like any other, without a traceback.
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], OrchestratorError):
+            raise leaves[0] from None
+        raise
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

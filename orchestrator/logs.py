@@ -61,4 +61,6 @@ def configure(level: str = "info", stream: Any = None) -> None:
     # httpx logs every request URL at INFO, upload tokens included.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # APScheduler narrates every job it adds; our own log lines say what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime

@@ -234,3 +234,21 @@ def test_killed_during_a_refresh_comes_back_with_a_working_token(
     assert violations["refresh_token_reuse"] == 0
     assert daemon.stop() == 0
     assert_no_secrets(daemon.log.read_text(), tmp)
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused_cleanly(
+    env: tuple[Sandbox, DaemonProcess, Path],
+) -> None:
+    _, daemon, tmp = env
+    daemon.start(tmp / "orchestrator.sock")
+    other = tmp / "other.toml"
+    other.write_text(daemon.config.read_text().replace(str(tmp / "state"), str(tmp / "state2")))
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "another daemon is listening" in result.stderr
+    assert "Traceback" not in result.stderr
