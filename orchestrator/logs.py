@@ -63,4 +63,6 @@ def configure(level: str = "info", stream: Any = None) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     # APScheduler narrates every job it adds; our own log lines say what matters.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # aiosqlite narrates every statement at DEBUG, parameters (sealed tokens) included.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logging.Formatter.converter = time.gmtime

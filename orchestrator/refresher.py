@@ -103,6 +103,8 @@ class Refresher:
                     await self.sweep()
 
     async def refresh_if_due(self, account_id: str) -> None:
+        if account_id not in self.accounts:
+            return  # removed from the accounts file by a reload since its timer was set
         record = await self._registry.load(account_id)
         if record is None:
             return

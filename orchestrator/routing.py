@@ -47,6 +47,11 @@ class Routing:
     def nudge(self) -> None:
         self._wakeup.set()
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload changed the accounts: route by the new ones from the next round on."""
+        self._config = config
+        self.nudge()
+
     async def views(self) -> dict[str, AccountView]:
         tokens = {t.account_id: t for t in await self._store.all_tokens()}
         waiting = await self._store.waiting_counts()

@@ -110,12 +110,23 @@ class Shard:
         self._wakeup = anyio.Event()
         self.current_job: str | None = None
         self.paused = False
+        # Set by stop(): finish the job in hand, take no other (a drain, a removed account).
+        self.stopping = False
+        self.stopped = anyio.Event()
         self._cap = CapState(limit=account.daily_cap)
         # Times of the direct-post inits TikTok accepted in the last 24 h (the daily cap).
         self._inits: list[float] = []
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def _halted(self) -> bool:
+        return self.stopping
+
+    def stop(self) -> None:
+        """Take no new job; ``run`` returns once the job in hand has gone as far as it goes."""
+        self.stopping = True
+        self.wake()
 
     def headroom(self, now: float) -> int:
         return headroom(self._cap, self._inits, now)
@@ -149,7 +160,13 @@ class Shard:
         self._inits = await self._store.recent_inits(self.account.id, now - WINDOW)
 
     async def run(self) -> None:
-        while True:
+        try:
+            await self._run()
+        finally:
+            self.stopped.set()
+
+    async def _run(self) -> None:
+        while not self.stopping:
             self._wakeup = anyio.Event()
             # Read every round: an operator's pause or resume is a write to the store + a wake.
             await self._load_state()
@@ -158,6 +175,8 @@ class Shard:
                 continue
             now = self._clock.now()
             job = await self._store.next_job(self.account.id, now)
+            if self._halted():  # stop() came while we looked: take no new job
+                break
             if job is None:
                 await self._idle()
                 continue
