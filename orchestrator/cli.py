@@ -14,15 +14,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .client import DaemonClient, DaemonUnreachable, RequestRefused, find_socket
 from .config import load_config
 from .errors import ConfigError, OrchestratorError
-from .render import job_view, jobs_view, status_view
+from .render import job_view, jobs_view, progress_line, reload_summary, status_view
 
 EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 2, 69, 78
 TERMINAL = {"published", "dead", "cancelled", "uncertain", "review"}
+# ANSI: cursor home + clear screen (a watch frame); carriage return + clear line (progress).
+CLEAR_SCREEN, CLEAR_LINE = "\x1b[H\x1b[2J", "\r\x1b[K"
+FRAME_RULE = "-" * 72
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +130,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait(client: DaemonClient, job_id: str, *, quiet: bool) -> int:
-    last = None
-    while True:
-        job = client.job(job_id)["job"]
-        if job["state"] != last and not quiet:
-            progress = ""
-            if job["state"] == "uploading" and job["video_size"]:
-                progress = f" {100 * job['uploaded_bytes'] // job['video_size']}%"
-            print(f"  {job['id']}: {job['state']}{progress}", flush=True)
-        last = job["state"]
-        if job["state"] in TERMINAL:
-            return 0 if job["state"] == "published" else 1
-        time.sleep(0.5)
+def _wait(
+    client: DaemonClient,
+    job_id: str,
+    *,
+    quiet: bool,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    poll: float = 0.5,
+) -> int:
+    """Follow a job to its end: one line per state change on stdout, with the upload's bytes;
+    on a terminal, a live progress line on stderr redrawn in place while it uploads."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    live = not quiet and err.isatty()
+    last_state, drawn = None, ""
+    try:
+        while True:
+            job = client.job(job_id)["job"]
+            line = progress_line(job)
+            if job["state"] != last_state and not quiet:
+                if drawn:
+                    err.write(CLEAR_LINE)
+                    err.flush()
+                    drawn = ""
+                print(line, file=out, flush=True)
+            elif live and job["state"] == "uploading" and line.strip() != drawn:
+                drawn = line.strip()
+                err.write(CLEAR_LINE + drawn)
+                err.flush()
+            last_state = job["state"]
+            if job["state"] in TERMINAL:
+                return 0 if job["state"] == "published" else 1
+            time.sleep(poll)
+    finally:
+        if drawn:
+            err.write("\n")
+            err.flush()
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -285,8 +312,80 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        status = client.status()
-    _print_json(status) if args.json else print(status_view(status))
+        if args.watch is None:
+            status = client.status()
+            _print_json(status) if args.json else print(status_view(status))
+            return 0
+        if args.json:  # JSON Lines: one document a frame, nothing else, for scripts
+            return watch(
+                client.status, _json_line, interval=args.watch, count=args.count, lines=True
+            )
+        return watch(client.status, status_view, interval=args.watch, count=args.count)
+
+
+def _json_line(status: dict[str, Any]) -> str:
+    return json.dumps(status, ensure_ascii=False)
+
+
+def watch(
+    fetch: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    *,
+    interval: float,
+    count: int | None = None,
+    out: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    lines: bool = False,
+) -> int:
+    """Redraw ``render(fetch())`` every ``interval`` seconds until Ctrl-C (exit 0), ``count``
+    frames, or the daemon going away (exit 69). On a terminal each frame replaces the last;
+    otherwise (a pipe, a log) frames follow each other, separated by a rule. ``lines``: each
+    frame is one line (JSON), written as it is."""
+    out = out or sys.stdout
+    tty = out.isatty() and not lines
+    frames = 0
+    try:
+        while count is None or frames < count:
+            try:
+                status = fetch()
+            except DaemonUnreachable as exc:
+                gone = "the daemon went away: " if frames else ""
+                print(f"orchestrator: {gone}{exc.message}", file=sys.stderr)
+                return EX_UNAVAILABLE
+            if tty:
+                out.write(CLEAR_SCREEN)
+            elif frames and not lines:
+                out.write(FRAME_RULE + "\n")
+            out.write(render(status) + "\n")
+            out.flush()
+            frames += 1
+            if count is None or frames < count:
+                sleep(interval)
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            result = client.reload()
+        except RequestRefused as exc:
+            if exc.code != "invalid_config":
+                raise
+            print(
+                f"orchestrator: reload refused; the running configuration stays: {exc.message}",
+                file=sys.stderr,
+            )
+            return EX_CONFIG
+    if args.json:
+        _print_json(result)
+        return 0
+    line = f"reloaded: {reload_summary(result)}"
+    if result.get("restart_required"):
+        line += "; needs a restart to apply: " + ", ".join(result["restart_required"])
+    print(line)
     return 0
 
 
@@ -382,9 +481,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code")
     p = command("cancel", cmd_cancel, "cancel a job that has not reached TikTok")
     p.add_argument("id")
-    p = command("status", cmd_status, "accounts, queues and totals")
+    p = command("status", cmd_status, "the dashboard: accounts, queues, alerts, totals")
+    p.add_argument(
+        "--json", action="store_true", help="the whole document (with --watch: one a line)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=_positive_seconds,
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N frames")
+    p = command("reload", cmd_reload, "make the daemon read its accounts file again")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,11 @@ class DaemonClient:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status")[1]  # type: ignore[no-any-return]
 
+    def reload(self) -> dict[str, Any]:
+        """Ask the daemon to read its accounts file again (RequestRefused invalid_config if
+        the new file is wrong; the running configuration then stays)."""
+        return self.request("POST", "/v1/reload")[1]  # type: ignore[no-any-return]
+
     def submit(self, payload: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         status, body = self.request("POST", "/v1/jobs", json=payload)
         return status == 201, body["job"]

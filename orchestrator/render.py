@@ -21,71 +21,34 @@ def duration(seconds: float | None) -> str:
         return "-"
     if seconds < 0:
         return "expired"
-    minutes, _ = divmod(int(seconds), 60)
+    minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
     if days:
         return f"{days}d{hours:02d}h"
     if hours:
         return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m"
+    return f"{minutes}m" if minutes else f"{secs}s"
 
 
 def status_view(status: dict[str, Any]) -> str:
-    d = status["daemon"]
-    head = (
-        f"orchestrator {d['version']}  pid {d['pid']}  up since {d['started_at']}  "
-        f"{'accepting jobs' if d['accepting'] else 'NOT accepting jobs'}\nconfig {d['config']}"
-    )
-    rows = []
-    for a in status["accounts"]:
-        jobs = a["jobs"]
-        token = a["token"]
-        token_text = token["state"]
-        if token["state"] == "valid":
-            token_text += f" {duration(token['expires_in'])}"
-        rows.append(
-            (
-                a["id"],
-                a["region"],
-                token_text,
-                a.get("breaker") or "-",
-                jobs.get("queued", 0) + jobs.get("retry_wait", 0),
-                sum(jobs.get(s, 0) for s in ACTIVE),
-                jobs.get("processing", 0),
-                jobs.get("published", 0),
-                jobs.get("dead", 0),
-                sum(jobs.get(s, 0) for s in WAITING),
-                f"{a['cap']['used']}/{a['cap']['limit']}" if a.get("cap") else "-",
-                "PAUSED" if a.get("paused") else (a["current_job"] or ""),
-            )
-        )
-    body = table(
-        (
-            "ACCOUNT",
-            "REGION",
-            "TOKEN",
-            "BREAKER",
-            "QUEUED",
-            "SENDING",
-            "PROCESSING",
-            "PUBLISHED",
-            "DEAD",
-            "NEEDS HUMAN",
-            "CAP 24H",
-            "CURRENT",
-        ),
-        rows,
-    )
-    totals = status["totals"]
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no jobs yet"
-    lines = [head, "", body, "", f"jobs: {summary}; {status['open']} open"]
-    if d.get("app_paused_until"):
-        lines.append(
-            f"APP PAUSED until {d['app_paused_until']}: TikTok said {d['app_paused_reason']}"
-        )
-    for alert in status.get("alerts", []):
+    """The operator's dashboard: one screen, worst news first after the table.
+
+    Reads keys with ``.get()`` so that it renders what an older daemon returns, too.
+    """
+    lines = _daemon_lines(status)
+    lines += ["", accounts_table(status.get("accounts", [])), ""]
+    alerts = status.get("alerts", [])
+    for alert in alerts:
         lines.append(f"ALERT ({alert['severity']}) since {alert['since']}: {alert['message']}")
+    totals = status.get("totals", {})
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no jobs yet"
+    lines.append(
+        f"jobs: {summary}; {status.get('open', 0)} open; "
+        + (f"{len(alerts)} open alert(s)" if alerts else "no open alerts")
+    )
+    if status.get("unassigned_pool_jobs"):
+        lines.append(f"pool jobs waiting for an account: {status['unassigned_pool_jobs']}")
     for item in status.get("needs_attention", []):
         what = f"{item['job']} ({item['account']})" if item.get("job") else item["account"]
         lines.append(
@@ -96,12 +59,153 @@ def status_view(status: dict[str, Any]) -> str:
             f"unknown error code {u['code']!r} seen {u['count']} time(s), last {u['last_seen']}"
             f" (job {u['job']}); see `orchestrator explain`"
         )
-    if status.get("unconfigured_accounts_with_jobs"):
+    retired = status.get("retired") or {}
+    if retired:
+        lines.append(
+            "retired accounts (removed from the file; their jobs stay in the store): "
+            + ", ".join(f"{a} ({n} not finished)" for a, n in sorted(retired.items()))
+        )
+    elif status.get("unconfigured_accounts_with_jobs"):
         lines.append(
             "accounts with jobs but no longer configured: "
             + ", ".join(status["unconfigured_accounts_with_jobs"])
         )
     return "\n".join(lines)
+
+
+def _daemon_lines(status: dict[str, Any]) -> list[str]:
+    d = status.get("daemon", {})
+    if d.get("draining"):
+        intake = "DRAINING: finishing uploads in flight, taking no jobs"
+    else:
+        intake = "accepting jobs" if d.get("accepting", True) else "NOT accepting jobs"
+    lines = [
+        f"orchestrator {d.get('version')}  pid {d.get('pid')}  up since {d.get('started_at')}  "
+        f"now {d.get('now')}  {intake}",
+        f"config {d.get('config')}",
+    ]
+    reload = d.get("reload")
+    if reload:
+        lines.append(reload_line(reload))
+    if d.get("app_paused_until"):
+        lines.append(
+            f"APP PAUSED until {d['app_paused_until']}: TikTok said {d.get('app_paused_reason')}"
+        )
+    return lines
+
+
+def reload_line(reload: dict[str, Any]) -> str:
+    """The last reload, for status: a failed one must stand out (the old config still runs)."""
+    if not reload.get("ok"):
+        return (
+            f"LAST RELOAD FAILED at {reload.get('at')}: {reload.get('error')} "
+            "(the running configuration is unchanged)"
+        )
+    line = f"last reload at {reload.get('at')}: {reload_summary(reload)}"
+    if reload.get("restart_required"):
+        line += "; needs a restart to apply: " + ", ".join(reload["restart_required"])
+    return line
+
+
+def reload_summary(result: dict[str, Any]) -> str:
+    """One line: which accounts a reload added, removed and changed."""
+    parts = [
+        f"{len(result.get(key) or [])} {key}"
+        + (f" ({', '.join(result[key])})" if result.get(key) else "")
+        for key in ("added", "removed", "changed")
+    ]
+    return ", ".join(parts)
+
+
+ACCOUNT_COLUMNS = (
+    "ACCOUNT",
+    "STATE",
+    "BREAKER",
+    "TOKEN",
+    "CAP 24H",
+    "NEW",
+    "RETRY",
+    "SENDING",
+    "PROCESSING",
+    "NEEDS HUMAN",
+    "DEAD",
+    "PUBLISHED",
+    "LAST ERROR",
+)
+
+
+def accounts_table(accounts: Sequence[dict[str, Any]]) -> str:
+    """One row per account: why it posts or not, and how much it has to do."""
+    if not accounts:
+        return "no accounts"
+    return table(ACCOUNT_COLUMNS, [_account_row(a) for a in accounts])
+
+
+def _account_row(a: dict[str, Any]) -> tuple[Any, ...]:
+    jobs = a.get("jobs", {})
+    queues = a.get("queues") or {}
+    if not queues:  # an older daemon: no lanes, so show the waiting states instead
+        queues = {"new": jobs.get("queued", 0), "retry": jobs.get("retry_wait", 0)}
+    cap = a.get("cap")
+    state = a.get("state") or ("paused" if a.get("paused") else "active")
+    if a.get("current_job") and state == "active":
+        state = "posting"
+    return (
+        a["id"],
+        state,
+        breaker_text(a.get("breaker"), a.get("breaker_retry_at")),
+        token_text(a.get("token") or {}),
+        f"{cap['used']}/{cap['limit']}" if cap else "-",
+        queues.get("new", 0),
+        queues.get("retry", 0),
+        sum(jobs.get(s, 0) for s in ACTIVE),
+        jobs.get("processing", 0),
+        sum(jobs.get(s, 0) for s in WAITING),
+        jobs.get("dead", 0),
+        jobs.get("published", 0),
+        last_error_text(a.get("last_error")),
+    )
+
+
+def breaker_text(state: str | None, retry_at: str | None) -> str:
+    if not state:
+        return "-"
+    if state == "open" and retry_at:
+        return f"open, probe {_clock_time(retry_at)}"
+    return state
+
+
+def token_text(token: dict[str, Any]) -> str:
+    state = token.get("state") or "missing"
+    if state == "valid":
+        expires_in = token.get("expires_in")
+        return f"valid {duration(expires_in)}" if expires_in is not None else "valid"
+    return state
+
+
+def last_error_text(error: dict[str, Any] | None) -> str:
+    if not error:
+        return "-"
+    age = error.get("age")
+    return f"{error['code']} {duration(age)} ago" if age is not None else str(error["code"])
+
+
+def _clock_time(stamp: str) -> str:
+    """ "2025-01-02T03:04:05Z" -> "03:04:05Z": the day is nearly always today's."""
+    return stamp.split("T", 1)[1] if "T" in stamp else stamp
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """A job as it travels, with its upload's byte counts (``submit --wait``)."""
+    line = f"  {job['id']}: {job['state']}"
+    size = job.get("video_size")
+    if size and job["state"] in ("uploading", "processing"):
+        # Processing means TikTok has every byte; the checkpoint may lag by the last chunk.
+        done = min(job.get("uploaded_bytes") or 0, size) if job["state"] == "uploading" else size
+        line += f" {done:,}/{size:,} bytes ({100 * done // size}%)"
+    if job.get("error") and job["state"] != "published":
+        line += f" [{job['error']['code']}]"
+    return line
 
 
 def jobs_view(jobs: Sequence[dict[str, Any]]) -> str:
