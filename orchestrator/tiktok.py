@@ -10,12 +10,18 @@ timeouts are per read, not per request), returns a typed value, or raises exactl
   reached TikTok; for an init, that means a post may exist.
 
 Tokens and upload URLs (which carry an upload token) never go into an exception message.
+
+An optional ``on_response(endpoint, seconds, outcome)`` hook hears about every request that
+left, once: a short stable endpoint name (``LABELS``), the wall-clock seconds it took without
+the wait for the app's rate limiter, and ``ok``, TikTok's error code, or how the transport
+failed. Never a URL, a body or a token: it feeds the metrics.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +34,7 @@ import httpx
 from .errors import TikTokApiError, TikTokTransportError
 from .jobs import Mode, Source
 from .limits import TokenBucket
+from .logs import fields
 
 PATHS = {
     "token": "/v2/oauth/token/",
@@ -36,8 +43,20 @@ PATHS = {
     "inbox_init": "/v2/post/publish/inbox/video/init/",
     "status": "/v2/post/publish/status/fetch/",
 }
+# What the ``on_response`` hook calls each endpoint (the token endpoint is named per grant).
+LABELS = {
+    "creator_info": "creator_info",
+    "video_init": "init",
+    "inbox_init": "inbox_init",
+    "upload": "upload_chunk",
+    "status": "status",
+}
 RAW_KEEP = 4000
 _RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+)")
+
+log = logging.getLogger(__name__)
+
+ResponseHook = Callable[[str, float, str], None]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -135,6 +154,7 @@ class TikTokClient:
         timeout: float = 30.0,
         upload_timeout: float = 600.0,
         limiter: TokenBucket | None = None,
+        on_response: ResponseHook | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
@@ -143,6 +163,7 @@ class TikTokClient:
         self._timeout = timeout
         self._upload_timeout = upload_timeout
         self._limiter = limiter
+        self._on_response = on_response
 
     # -- Content Posting --------------------------------------------------------------------
 
@@ -209,12 +230,15 @@ class TikTokClient:
             self._upload_timeout,
         )
         received = parse_content_range(response.headers.get("content-range"))
+        if response.status_code in (200, 201, 206, 416):
+            self._answered("upload", response, "ok")
         if response.status_code in (200, 201):
             return UploadProgress(complete=True, received=received)
         if response.status_code == 206:
             return UploadProgress(complete=False, received=received)
         if response.status_code == 416:
             return UploadProgress(complete=False, received=received, out_of_order=True)
+        self._answered("upload", response, f"http_{response.status_code}")
         raise TikTokApiError(
             f"upload answered HTTP {response.status_code}",
             endpoint="upload",
@@ -240,7 +264,7 @@ class TikTokClient:
 
     async def refresh_token(self, refresh_token: str) -> TokenGrant:
         return await self._token_call(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token}
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, label="refresh"
         )
 
     async def exchange_code(
@@ -249,9 +273,9 @@ class TikTokClient:
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         if code_verifier:
             form["code_verifier"] = code_verifier
-        return await self._token_call(form)
+        return await self._token_call(form, label="exchange")
 
-    async def _token_call(self, form: dict[str, str]) -> TokenGrant:
+    async def _token_call(self, form: dict[str, str], *, label: str) -> TokenGrant:
         form = {"client_key": self._client_key, "client_secret": self._client_secret(), **form}
         response = await self._send(
             "token",
@@ -261,6 +285,7 @@ class TikTokClient:
                 headers={"Cache-Control": "no-cache"},
             ),
             self._timeout,
+            label=label,
         )
         body = _json_or_none(response)
         # Success has the fields at the top level; failure is a flat OAuth error, sometimes
@@ -271,6 +296,7 @@ class TikTokClient:
             and isinstance(body.get("access_token"), str)
             and isinstance(body.get("refresh_token"), str)
         ):
+            self._answered(label, response, "ok")
             return TokenGrant(
                 access_token=body["access_token"],
                 expires_in=int(body.get("expires_in") or 0),
@@ -283,7 +309,7 @@ class TikTokClient:
         if isinstance(code, dict):  # a v2 envelope where an OAuth one was expected
             code = code.get("code")
         description = body.get("error_description") if isinstance(body, dict) else None
-        raise TikTokApiError(
+        error = TikTokApiError(
             str(description or code or f"token endpoint answered HTTP {response.status_code}"),
             endpoint="token",
             http_status=response.status_code,
@@ -293,6 +319,8 @@ class TikTokClient:
             raw=_raw(response),
             retry_after=retry_hint(response, body, time.time()),
         )
+        self._answered(label, response, error.code or "error")
+        raise error
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -313,10 +341,11 @@ class TikTokClient:
         error = payload.get("error") if isinstance(payload, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
         if response.status_code == 200 and code == "ok":
+            self._answered(endpoint, response, "ok")
             data = payload.get("data") if isinstance(payload, dict) else None
             return data if isinstance(data, dict) else {}
         message = error.get("message") if isinstance(error, dict) else None
-        raise TikTokApiError(
+        failure = TikTokApiError(
             str(message or f"{endpoint} answered HTTP {response.status_code}"),
             endpoint=endpoint,
             http_status=response.status_code,
@@ -326,33 +355,59 @@ class TikTokClient:
             raw=_raw(response),
             retry_after=retry_hint(response, payload, time.time()),
         )
+        self._answered(endpoint, response, failure.code or "error")
+        raise failure
 
     async def _send(
         self,
         endpoint: str,
         request: Callable[[], Awaitable[httpx.Response]],
         timeout: float,
+        *,
+        label: str = "",
     ) -> httpx.Response:
+        """Send one request; an answer is reported to the hook by whoever reads it (the
+        outcome is TikTok's code, known only then), a failure to get one is reported here."""
         if self._limiter is not None:
             await self._limiter.acquire()
+        label = label or LABELS[endpoint]
+        started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
                 return await request()
         except TimeoutError as exc:
+            self._report(label, time.monotonic() - started, "timeout")
             raise TikTokTransportError(
                 f"no answer within {timeout:g} s", endpoint=endpoint, maybe_acted=True
             ) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._report(label, time.monotonic() - started, "connect_error")
             # The request never left: TikTok cannot have acted on it.
             raise TikTokTransportError(
                 f"cannot connect: {type(exc).__name__}", endpoint=endpoint, maybe_acted=False
             ) from exc
         except httpx.TransportError as exc:
+            self._report(label, time.monotonic() - started, "connection_lost")
             raise TikTokTransportError(
                 f"connection failed mid-request: {type(exc).__name__}",
                 endpoint=endpoint,
                 maybe_acted=True,
             ) from exc
+
+    def _answered(self, endpoint: str, response: httpx.Response, outcome: str) -> None:
+        # httpx measured the exchange, from sending the request to the end of the body.
+        self._report(LABELS.get(endpoint, endpoint), response.elapsed.total_seconds(), outcome)
+
+    def _report(self, label: str, seconds: float, outcome: str) -> None:
+        if self._on_response is None:
+            return
+        try:
+            self._on_response(label, seconds, outcome)
+        except Exception:
+            # Observing a request must never change what happened to it.
+            log.exception(
+                "the response hook failed", extra=fields("tiktok.hook_failed", endpoint=label)
+            )
 
 
 def _json_or_none(response: httpx.Response) -> Any:
