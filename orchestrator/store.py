@@ -811,6 +811,76 @@ class Store:
 
         return await self._write(tx)
 
+    # -- metrics: read-only, one grouped query per family, never one query per account -----
+    # A scrape of 10,000 accounts and 100,000 jobs must stay cheap; none of these reads a
+    # token column.
+
+    async def open_job_counts(self) -> list[tuple[str, str, str, int]]:
+        """(account, lane, state, jobs) for every job not in a terminal state."""
+        rows = await self._fetchall(
+            "SELECT account_id, lane, state, COUNT(*) FROM jobs "
+            "WHERE state NOT IN ('published', 'dead', 'cancelled') "
+            "GROUP BY account_id, lane, state"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def job_state_totals(self) -> dict[str, int]:
+        """Jobs per state, all accounts together."""
+        rows = await self._fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    async def init_counts(self, since: float, until: float) -> dict[str, int]:
+        """Accepted inits per account in ``(since, until]`` (the daily cap's window)."""
+        rows = await self._fetchall(
+            "SELECT account_id, COUNT(*) FROM inits WHERE at > ? AND at <= ? GROUP BY account_id",
+            (since, until),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def account_states(self) -> list[AccountState]:
+        """Every account's run-time state that has ever been saved."""
+        rows = await self._fetchall("SELECT * FROM account_state")
+        return [
+            AccountState(
+                account_id=r["account_id"],
+                paused=bool(r["paused"]),
+                learned_cap=r["learned_cap"],
+                blocked_until=r["blocked_until"],
+                breaker_state=r["breaker_state"],
+                breaker_failures=r["breaker_failures"],
+                breaker_opened_at=r["breaker_opened_at"],
+            )
+            for r in rows
+        ]
+
+    async def token_expiries(self) -> list[tuple[str, str, float | None, float | None]]:
+        """(account, token state, access expires at, refresh expires at): the times only."""
+        rows = await self._fetchall(
+            "SELECT account_id, state, access_expires_at, refresh_expires_at FROM tokens"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def attempt_error_counts(self) -> list[tuple[str | None, str | None, int]]:
+        """(error code, error class, attempts) over every finished attempt that failed."""
+        rows = await self._fetchall(
+            "SELECT error_code, error_class, COUNT(*) FROM attempts WHERE outcome <> 'ok' "
+            "GROUP BY error_code, error_class"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def token_outcomes_after(self, after_id: int) -> tuple[list[tuple[str, str, int]], int]:
+        """Refresh-history lines newer than row ``after_id``: (account, outcome, count) and
+        the last row counted. History rows are never changed, so a caller that keeps the
+        last row adds up deltas instead of counting the whole history at every scrape."""
+        rows = await self._fetchall(
+            # NOT INDEXED: the rowid range is the cheap path; the account index is not.
+            "SELECT account_id, outcome, COUNT(*), MAX(id) FROM token_history NOT INDEXED "
+            "WHERE id > ? GROUP BY account_id, outcome",
+            (after_id,),
+        )
+        last = max((r[3] for r in rows), default=after_id)
+        return [(r[0], r[1], r[2]) for r in rows], last
+
 
 async def _insert_event(
     conn: aiosqlite.Connection,
