@@ -132,7 +132,7 @@ class Metrics:
             registry=None,
         )
         # Refresh history is append-only: count it once, then add what is new at each scrape.
-        self._refreshes: dict[tuple[str, str], int] = {}
+        self._refreshes: dict[str, dict[str, int]] = {}  # account -> outcome -> count
         self._history_seen = 0
         self._lock = anyio.Lock()
 
@@ -193,9 +193,7 @@ class Metrics:
                     token_state=token[1] if token else None,
                     access_expires_in=_until(token[2], now) if token else None,
                     refresh_expires_in=_until(token[3], now) if token else None,
-                    refreshes=tuple(
-                        (outcome, n) for (a, outcome), n in refreshes.items() if a == account.id
-                    ),
+                    refreshes=tuple(refreshes.get(account.id, {}).items()),
                 )
             )
         return Snapshot(
@@ -213,13 +211,14 @@ class Metrics:
             poll_lag=max(0.0, now - next_poll) if next_poll is not None else 0.0,
         )
 
-    async def _refresh_counts(self, store: Store) -> dict[tuple[str, str], int]:
+    async def _refresh_counts(self, store: Store) -> dict[str, dict[str, int]]:
         new, self._history_seen = await store.token_outcomes_after(self._history_seen)
         for account_id, outcome, n in new:
             if outcome not in NOT_REFRESHES:
-                key = (account_id, label(outcome))
-                self._refreshes[key] = self._refreshes.get(key, 0) + n
-        return dict(self._refreshes)
+                counts = self._refreshes.setdefault(account_id, {})
+                counts[label(outcome)] = counts.get(label(outcome), 0) + n
+        # Copies: the snapshot is read in another thread while later scrapes add to these.
+        return {a: dict(counts) for a, counts in self._refreshes.items()}
 
 
 def _until(at: float | None, now: float) -> float | None:
