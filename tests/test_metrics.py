@@ -201,24 +201,23 @@ async def test_overdue_polls_show_as_poll_lag(
 ) -> None:
     config = write_config(tmp_path, sandbox, epoch=epoch, client_key=KEY, client_secret=SECRET)
     video = make_video(tmp_path / "clip.mp4", 20_000)
-    sandbox.set_faults(faults({"endpoint": "video_init", "fault": "stuck"}))
-    async with running_with_metrics(config, monkeypatch) as (daemon, metrics, client):
-        job = await submit(client, account="acme-us", video_path=str(video))
+    # TikTok's status endpoint hangs (for less than the client's 10 s deadline): the first
+    # poll of the post cannot finish, and the schedule falls behind while the clock runs.
+    sandbox.set_faults(faults({"endpoint": "status", "fault": "delay", "seconds": 8.0}))
+    async with running_with_metrics(config, monkeypatch) as (_, metrics, client):
+        await submit(client, account="acme-us", video_path=str(video))
 
-        async def processing() -> bool:
-            response = await client.get(f"/v1/jobs/{job['id']}")
-            return bool(response.json()["job"]["state"] == "processing")
+        async def lag() -> Samples | None:
+            _, samples = await scrape(metrics)
+            behind = value(samples, "orchestrator_poll_lag_seconds")
+            return samples if behind is not None and behind >= 60 else None
 
-        await wait_for(processing, what="the post to be processing")
-        assert daemon.store is not None
-        # The poller is due now and has not run: make it an hour overdue in the store.
-        now = daemon.clock.now()
-        await daemon.store.checkpoint(job["id"], now, next_poll_at=now - 3600)
-        _, samples = await scrape(metrics)
-    lag = value(samples, "orchestrator_poll_lag_seconds")
-    assert lag is not None and 3600 <= lag < 3600 + 600
-    processing_queue = {"account": "acme-us", "state": "processing"}
-    assert value(samples, "orchestrator_account_queue_jobs", **processing_queue) == 1
+        samples = await wait_for(lag, timeout=7.0, what="the poll schedule to fall behind")
+        sandbox.set_faults(faults())  # wakes the held request
+    processing = {"account": "acme-us", "lane": "new", "state": "processing"}
+    assert value(samples, "orchestrator_account_queue_jobs", **processing) == 1
+    slow = value(samples, "orchestrator_tiktok_request_seconds_count", endpoint="status")
+    assert slow is None  # the hanging request has not answered yet
 
 
 async def test_metrics_answer_over_tcp_and_refuse_other_paths(
