@@ -127,7 +127,7 @@ RANDOM_FAULTS: tuple[tuple[str, str, float, dict[str, Any]], ...] = (
     ("token", "oauth_error", 0.05, {"code": "temporarily_unavailable"}),
     ("token", "oauth_error", 0.03, {"code": "server_error", "http_status": 200}),
     ("token", "drop_before", 0.03, {}),
-    ("token", "drop_after", 0.01, {}),
+    ("token", "drop_after", 0.03, {}),
     ("token", "html_5xx", 0.02, {"http_status": 503}),
     # creator_info: a stale token, a 429, an HTML 502, a slow answer.
     ("creator_info", "error", 0.03, {"code": "access_token_invalid"}),
@@ -143,8 +143,8 @@ RANDOM_FAULTS: tuple[tuple[str, str, float, dict[str, Any]], ...] = (
     ("video_init", "delay", 0.01, {"seconds": LATE}),
     ("video_init", "drop_before", 0.01, {}),
     ("video_init", "drop_after", 0.01, {}),
-    ("inbox_init", "error", 0.05, {"code": "internal_error"}),
-    ("inbox_init", "drop_after", 0.02, {}),
+    ("inbox_init", "error", 0.1, {"code": "internal_error"}),
+    ("inbox_init", "drop_after", 0.05, {}),
     # What TikTok does with a post after accepting it.
     ("video_init", "processing_failure", 0.04, {"fail_reason": "internal"}),
     ("video_init", "processing_failure", 0.01, {"fail_reason": "file_format_check_failed"}),
@@ -152,10 +152,10 @@ RANDOM_FAULTS: tuple[tuple[str, str, float, dict[str, Any]], ...] = (
     ("video_init", "stuck", 0.01, {}),
     ("inbox_init", "processing_failure", 0.05, {"fail_reason": "internal"}),
     # Uploads: chunks lost before and after they were taken, HTML pages, slow chunks.
-    ("upload", "html_5xx", 0.03, {"http_status": 502}),
-    ("upload", "drop_before", 0.03, {}),
-    ("upload", "drop_after", 0.03, {}),
-    ("upload", "delay", 0.03, {"seconds": 0.4}),
+    ("upload", "html_5xx", 0.05, {"http_status": 502}),
+    ("upload", "drop_before", 0.05, {}),
+    ("upload", "drop_after", 0.05, {}),
+    ("upload", "delay", 0.05, {"seconds": 0.4}),
     # Status polls.
     ("status", "error", 0.05, {"code": "internal_error"}),
     ("status", "error", 0.02, {"code": "rate_limit_exceeded"}),
@@ -375,7 +375,7 @@ def run_soak(plan: SoakPlan, work: Path, *, say: Callable[[str], None] = print) 
     finally:
         sandbox.stop()
     fired = [
-        (" ".join(str(v) for k, v in rule.items() if k not in ("open_id", "probability")), n)
+        (" ".join([rule["endpoint"], rule["fault"], *map(repr, _details(rule))]), n)
         for rule, n in zip(faults["rules"], (s["fired"] for s in faults["stats"]), strict=True)
     ]
     summary["faults_fired"] = sum(n for _, n in fired)
@@ -385,6 +385,10 @@ def run_soak(plan: SoakPlan, work: Path, *, say: Callable[[str], None] = print) 
     summary["daemon_exit"] = code
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     return summary
+
+
+def _details(rule: dict[str, Any]) -> list[Any]:
+    return [rule[k] for k in ("code", "fail_reason", "seconds", "http_status") if k in rule]
 
 
 def open_id(n: int) -> str:
