@@ -581,12 +581,8 @@ class ControlApi:
 
         Both are one grouped query for every account (Store.queue_depths, Store.last_errors).
         """
-        store: Any = self._store
-        # Transitional: those two queries are a patch to store.py still to be applied by its
-        # owner; until then the dashboard shows no lanes and no last error rather than fail.
-        if not (hasattr(store, "queue_depths") and hasattr(store, "last_errors")):
-            return {}, {}
-        lanes: dict[str, dict[str, int]] = await store.queue_depths()
+        store = self._store
+        lanes = await store.queue_depths()
         errors = {
             account_id: {
                 "code": e.code,

@@ -2,13 +2,19 @@
 
 Start-up order matters: the store is opened and crash leftovers are settled before anything
 talks to TikTok; tokens are imported; only then do the shards, the poller and the control
-socket start. Signal handlers only flip state: SIGTERM/SIGINT stop intake and cancel the
-task group; every write is a short shielded transaction, so cancellation at any await
+socket start, and only then is systemd told READY=1.
+
+Signals only flip state. SIGHUP re-reads the accounts file (``reload``): new accounts start,
+removed ones stop taking jobs (their jobs stay in the store), changed ones take their new
+settings without touching other shards, and an invalid file changes nothing. SIGTERM/SIGINT
+stop intake, let every shard finish the job in hand for up to ``drain_timeout`` seconds, then
+cancel the rest; every write is a short shielded transaction, so cancellation at any await
 leaves the store consistent and the next start resumes from its checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -16,6 +22,8 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -29,13 +37,16 @@ from . import __version__
 from .alerts import AlertManager, Conditions, ErrorRates
 from .api import ControlApi
 from .clock import Clock, ClockLike
-from .config import Config
+from .config import AccountSettings, Config, load_config
 from .crypto import TokenCipher
-from .errors import DaemonAlreadyRunning, TokenError
+from .errors import ConfigError, DaemonAlreadyRunning, TokenError
 from .health import AccountBreaker, BreakerSnapshot, BreakerState
-from .httpd import serve_tcp, serve_unix
+from .httpd import serve_control, serve_tcp
+from .jobs import TERMINAL
 from .limits import AccountBudgets, AppGuard, TokenBucket
 from .logs import fields
+from .metrics import Metrics
+from .notify import Notifier
 from .poller import Poller
 from .refresher import Refresher
 from .routing import Routing
@@ -46,6 +57,11 @@ from .tokens import TokenRegistry
 from .webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
+
+# How often (wall seconds) systemd's STATUS= line and the retired-account counts are refreshed.
+STATUS_EVERY = 10.0
+# What a reload applies; other sections are read, compared and reported as needing a restart.
+RELOADABLE = frozenset({"accounts", "path"})
 
 
 @contextmanager
@@ -73,12 +89,21 @@ def hold_state_lock(state_dir: Path) -> Iterator[None]:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, clock: ClockLike | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: ClockLike | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
+        self.notifier = notifier or Notifier()
         settings = config.daemon
         self.clock = clock or Clock(scale=settings.time_scale, epoch=settings.clock_epoch)
         self.started_at = time.time()
         self.shards: dict[str, Shard] = {}
+        # Shards of accounts a reload removed, finishing the job they had in hand.
+        self._retiring: dict[str, Shard] = {}
         self._budgets: dict[str, AccountBudgets] = {}
         self.api: ControlApi | None = None
         self.poller: Poller | None = None
@@ -93,6 +118,15 @@ class Daemon:
         self.error_rates = ErrorRates()
         self.alerts: AlertManager | None = None
         self._http: httpx.AsyncClient | None = None
+        self._client: TikTokClient | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._reload_lock = anyio.Lock()
+        self.last_reload: dict[str, Any] | None = None
+        self.retired: dict[str, int] = {}
+        self.draining = False
+        self._drain_timeout = config.daemon.drain_timeout
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None
 
     def budgets(self, account_id: str) -> AccountBudgets:
         if account_id not in self._budgets:
@@ -107,6 +141,9 @@ class Daemon:
             "alerts": self.alerts.listing() if self.alerts else [],
             "app_paused_until": self.guard.blocked_until(self.clock.now()),
             "app_paused_reason": self.guard.reason,
+            "reload": self.last_reload,
+            "retired": dict(self.retired),
+            "draining": self.draining,
         }
 
     def _verdict(self, account_id: str, failed: bool) -> None:
@@ -131,9 +168,12 @@ class Daemon:
             app_paused=self.guard.reason if self.guard.blocked_until(now) else None,
         )
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, drain: bool = True) -> None:
+        """Stop intake now; finish the jobs in hand (``drain``) within the bound, then exit."""
         if self.api is not None:
             self.api.accepting = False
+        if not drain:
+            self._drain_timeout = 0.0
         self._stop.set()
 
     def _submitted(self, account_id: str) -> None:
@@ -172,10 +212,12 @@ class Daemon:
                     client_key=self.config.tiktok.client_key,
                     client_secret=secret,
                     timeout=settings.request_timeout,
+                    on_response=self.metrics.observe_request,
                     limiter=TokenBucket(
                         self.config.tiktok.app_rate, self.config.tiktok.app_burst, self.clock
                     ),
                 )
+                self._client = client
                 await self._serve(store, client, task_status)
         finally:
             await store.close()
@@ -200,17 +242,7 @@ class Daemon:
             )
         await tokens.recover_lost()
         for account in self.config.accounts:
-            if account.token_file is None:
-                continue
-            try:
-                await tokens.import_file(account.id, account.token_file)
-            except TokenError as exc:
-                log.error(
-                    "%s: %s",
-                    account.id,
-                    exc.message,
-                    extra=fields("token.import_failed", account=account.id),
-                )
+            await self._import_token(account)
         self.poller = Poller(
             store=store,
             client=client,
@@ -224,31 +256,7 @@ class Daemon:
         )
         for account in self.config.accounts:
             if account.enabled:
-                saved = await store.account_state(account.id)
-                breaker = AccountBreaker(
-                    account.id,
-                    clock=self.clock,
-                    fail_max=settings.breaker_failures,
-                    reset_timeout=settings.breaker_reset,
-                    restore=BreakerSnapshot(
-                        state=BreakerState(saved.breaker_state),
-                        fail_count=saved.breaker_failures,
-                        opened_at=saved.breaker_opened_at,
-                    ),
-                )
-                self.shards[account.id] = Shard(
-                    account,
-                    store=store,
-                    client=client,
-                    tokens=tokens,
-                    budgets=self.budgets(account.id),
-                    clock=self.clock,
-                    chunk_size=settings.upload_chunk_size,
-                    on_processing=self.poller.wake,
-                    breaker=breaker,
-                    guard=self.guard,
-                    on_verdict=self._verdict,
-                )
+                self.shards[account.id] = await self._build_shard(account)
         self.routing = Routing(
             store=store,
             config=self.config,
@@ -265,6 +273,7 @@ class Daemon:
             live=self.statistics,
             tokens=tokens,
             routing=self.routing,
+            reload=self.reload,
         )
         for job in await store.list_jobs(state="uncertain", limit=1000):
             log.warning(
@@ -272,15 +281,18 @@ class Daemon:
                 job.id,
                 extra=fields("job.uncertain_pending", job=job.id, account=job.account_id),
             )
+        await self._count_retired()
         async with anyio.create_task_group() as tg, self._timers() as scheduler:
+            self._tg = tg
             self.refresher = Refresher(
                 tokens, scheduler, self.clock, [a.id for a in self.config.accounts]
             )
             await self.refresher.start()
             tg.start_soon(self.refresher.run, name="refresher")
-            await tg.start(serve_unix, settings.socket_path, self.api.handle)
+            await tg.start(serve_control, settings, self.api.handle)
             for shard in self.shards.values():
                 tg.start_soon(shard.run, name=f"shard:{shard.account.id}")
+            tg.start_soon(self._watchdog, name="watchdog")
             tg.start_soon(self.poller.run, name="poller")
             tg.start_soon(self.routing.run, name="routing")
             self.alerts = AlertManager(
@@ -313,6 +325,17 @@ class Daemon:
                     hooks.path,
                     extra=fields("webhook.listening", port=self.webhook_port),
                 )
+            if self.config.metrics is not None:
+                where = self.config.metrics
+                self.metrics_port = await tg.start(
+                    serve_tcp, where.host, where.port, self.metrics.handle
+                )
+                log.info(
+                    "metrics on http://%s:%d/metrics",
+                    where.host,
+                    self.metrics_port,
+                    extra=fields("metrics.listening", port=self.metrics_port),
+                )
             log.info(
                 "orchestrator %s ready: %d accounts, socket %s",
                 __version__,
@@ -321,11 +344,242 @@ class Daemon:
                 extra=fields("daemon.ready", accounts=len(self.shards), pid=os.getpid()),
             )
             task_status.started()
+            self.notifier.ready(self._status_line())
+            tg.start_soon(self._status_reporter, name="status")
             await self._stop.wait()
-            log.info("stopping", extra=fields("daemon.stopping"))
+            await self._drain()
             tg.cancel_scope.cancel()
         settings.socket_path.unlink(missing_ok=True)
         log.info("stopped", extra=fields("daemon.stopped"))
+        self.notifier.close()
+
+    async def _build_shard(self, account: AccountSettings) -> Shard:
+        assert self.store is not None and self._client is not None and self.tokens is not None
+        assert self.poller is not None
+        settings = self.config.daemon
+        saved = await self.store.account_state(account.id)
+        breaker = AccountBreaker(
+            account.id,
+            clock=self.clock,
+            fail_max=settings.breaker_failures,
+            reset_timeout=settings.breaker_reset,
+            restore=BreakerSnapshot(
+                state=BreakerState(saved.breaker_state),
+                fail_count=saved.breaker_failures,
+                opened_at=saved.breaker_opened_at,
+            ),
+        )
+        return Shard(
+            account,
+            store=self.store,
+            client=self._client,
+            tokens=self.tokens,
+            budgets=self.budgets(account.id),
+            clock=self.clock,
+            chunk_size=settings.upload_chunk_size,
+            on_processing=self.poller.wake,
+            breaker=breaker,
+            guard=self.guard,
+            on_verdict=self._verdict,
+        )
+
+    async def _start_shard(self, shard: Shard, previous: Shard | None) -> None:
+        if previous is not None:
+            # Removed and added back before its last job ended: one shard per account, always.
+            await previous.stopped.wait()
+        await shard.run()
+
+    async def _retire(self, shard: Shard) -> None:
+        await shard.stopped.wait()
+        if self._retiring.get(shard.account.id) is shard:
+            del self._retiring[shard.account.id]
+        log.info(
+            "%s no longer takes jobs (removed from the accounts file)",
+            shard.account.id,
+            extra=fields("account.retired", account=shard.account.id),
+        )
+
+    async def _import_token(self, account: AccountSettings) -> None:
+        assert self.tokens is not None
+        if account.token_file is None:
+            return
+        try:
+            await self.tokens.import_file(account.id, account.token_file)
+        except TokenError as exc:
+            log.error(
+                "%s: %s",
+                account.id,
+                exc.message,
+                extra=fields("token.import_failed", account=account.id),
+            )
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Intake is already closed. Every shard finishes the job in hand, within the bound;
+        whatever is still running then is cancelled and resumes from its checkpoint."""
+        self.draining = True
+        busy = {a: s.current_job for a, s in self.shards.items() if s.current_job}
+        self.notifier.stopping(f"draining {len(busy)} jobs in flight")
+        log.info(
+            "stopping: intake closed, %d jobs in flight get up to %.0f s to finish",
+            len(busy),
+            self._drain_timeout,
+            extra=fields("daemon.stopping", in_flight=len(busy)),
+        )
+        running = [*self.shards.values(), *self._retiring.values()]
+        for shard in running:
+            shard.stop()
+        with anyio.move_on_after(self._drain_timeout):
+            for shard in running:
+                await shard.stopped.wait()
+        cut = {s.account.id: s.current_job for s in running if s.current_job}
+        if cut:
+            log.warning(
+                "the drain bound passed with %d jobs still in flight; they resume from their "
+                "checkpoints at the next start",
+                len(cut),
+                extra=fields("daemon.drain_cut", jobs=sorted(j for j in cut.values() if j)),
+            )
+        else:
+            log.info("drained: no job in flight", extra=fields("daemon.drained"))
+
+    # -- reporting to systemd -----------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: if the loop stops turning, systemd notices."""
+        interval = self.notifier.watchdog
+        if interval is None:
+            return
+        while True:
+            self.notifier.ping()
+            await anyio.sleep(interval / 3)
+
+    def _status_line(self) -> str:
+        active = [s for s in self.shards.values() if not s.stopping]
+        paused = sum(1 for s in active if s.paused)
+        busy = sum(1 for s in active if s.current_job)
+        open_breakers = sum(1 for s in active if s.breaker.state is not BreakerState.CLOSED)
+        parts = [f"{len(active)} accounts ({busy} posting, {paused} paused"]
+        parts[0] += f", {open_breakers} breakers open)" if open_breakers else ")"
+        if self.retired:
+            parts.append(f"{len(self.retired)} retired with jobs")
+        if self.alerts is not None and (alerts := len(self.alerts.listing())):
+            parts.append(f"{alerts} alerts")
+        if self.last_reload is not None and not self.last_reload["ok"]:
+            parts.append("last reload FAILED")
+        return "; ".join(parts)
+
+    async def _status_reporter(self) -> None:
+        while True:
+            await anyio.sleep(STATUS_EVERY)
+            await self._count_retired()
+            self.notifier.status(self._status_line())
+
+    async def _count_retired(self) -> None:
+        """Accounts no longer in the file that still have jobs: reported, never deleted."""
+        assert self.store is not None
+        configured = {a.id for a in self.config.accounts if a.enabled}
+        retired: dict[str, int] = {}
+        for account_id, states in (await self.store.counts()).items():
+            open_jobs = sum(n for state, n in states.items() if state not in TERMINAL)
+            if account_id and account_id not in configured and open_jobs:
+                retired[account_id] = open_jobs
+        self.retired = retired
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the accounts file again and apply it; raises ConfigError and changes nothing
+        when the new file is invalid."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                result = await self._apply(load_config(self.config.path))
+            except ConfigError as exc:
+                self.last_reload = {
+                    "at": time.time(),
+                    "ok": False,
+                    "error": exc.message,
+                    "added": [],
+                    "removed": [],
+                    "changed": [],
+                    "restart_required": [],
+                }
+                log.error(
+                    "reload refused, the running configuration stays: %s",
+                    exc.message,
+                    extra=fields("config.reload_failed"),
+                )
+                raise
+            finally:
+                self.notifier.ready(self._status_line())
+            self.last_reload = result
+            log.info(
+                "reloaded %s: %d added, %d removed, %d changed",
+                self.config.path,
+                len(result["added"]),
+                len(result["removed"]),
+                len(result["changed"]),
+                extra=fields(
+                    "config.reloaded",
+                    added=result["added"],
+                    removed=result["removed"],
+                    changed=result["changed"],
+                    restart_required=result["restart_required"] or None,
+                ),
+            )
+            return result
+
+    async def _apply(self, new: Config) -> dict[str, Any]:
+        assert self._tg is not None and self.refresher is not None
+        old = self.config
+        restart_required = sorted(
+            f.name
+            for f in dataclass_fields(Config)
+            if f.init and f.name not in RELOADABLE and getattr(old, f.name) != getattr(new, f.name)
+        )
+        config = replace(old, accounts=new.accounts)
+        before = {a.id: a for a in old.accounts if a.enabled}
+        after = {a.id: a for a in config.accounts if a.enabled}
+        added = sorted(after.keys() - before.keys())
+        removed = sorted(before.keys() - after.keys())
+        changed = sorted(a for a in after.keys() & before.keys() if after[a] != before[a])
+
+        self.config = config
+        if self.api is not None:
+            self.api.reconfigure(config)
+        if self.routing is not None:
+            self.routing.reconfigure(config)
+        for account_id in removed:
+            shard = self.shards.pop(account_id)
+            shard.stop()  # it finishes the job in hand; the rest stays queued in the store
+            self._retiring[account_id] = shard
+            self._tg.start_soon(self._retire, shard)
+            self.refresher.accounts.discard(account_id)
+        for account_id in changed:
+            shard = self.shards[account_id]
+            shard.account = after[account_id]
+            shard.wake()
+        for account_id in added:
+            account = after[account_id]
+            await self._import_token(account)
+            shard = await self._build_shard(account)
+            self.shards[account_id] = shard
+            self._tg.start_soon(self._start_shard, shard, self._retiring.get(account_id))
+            self.refresher.accounts.add(account_id)
+            await self.refresher.reschedule_now(account_id)
+        await self._count_retired()
+        return {
+            "at": time.time(),
+            "ok": True,
+            "error": None,
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "restart_required": restart_required,
+            "retired": dict(self.retired),
+        }
 
     def _cipher(self) -> TokenCipher | None:
         tiktok = self.config.tiktok
@@ -367,11 +621,15 @@ class Daemon:
 
     async def _signals(self) -> None:
         # The daemon's one signal owner for its whole life (see shared/LIBRARIES.md).
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info(
                     "received %s",
                     signal.Signals(signum).name,
                     extra=fields("daemon.signal", signal=signal.Signals(signum).name),
                 )
-                self.request_stop()
+                if signum == signal.SIGHUP:
+                    with contextlib.suppress(ConfigError):  # logged and kept in status
+                        await self.reload()
+                else:
+                    self.request_stop()

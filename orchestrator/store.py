@@ -59,6 +59,16 @@ class Attempt:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LastError:
+    """An account's most recent failed attempt, for the operator's dashboard."""
+
+    code: str
+    message: str | None
+    job_id: str | None
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UnknownCode:
     code: str
     count: int
@@ -880,6 +890,33 @@ class Store:
         )
         last = max((r[3] for r in rows), default=after_id)
         return [(r[0], r[1], r[2]) for r in rows], last
+
+    # -- the operator's dashboard: one grouped query for every account ----------------------
+
+    async def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Jobs waiting to be sent (queued or retry_wait) per account and lane."""
+        out: dict[str, dict[str, int]] = {}
+        for row in await self._fetchall(
+            "SELECT account_id, lane, COUNT(*) FROM jobs "
+            "WHERE state IN ('queued', 'retry_wait') GROUP BY account_id, lane"
+        ):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    async def last_errors(self) -> dict[str, LastError]:
+        """Each account's most recent failed attempt. SQLite takes the bare columns of a
+        MAX() aggregate from the row that holds the maximum, so this is one pass."""
+        rows = await self._fetchall(
+            "SELECT account_id, error_code, error_message, job_id, "
+            "MAX(COALESCE(finished_at, started_at)) AS at "
+            "FROM attempts WHERE error_code IS NOT NULL GROUP BY account_id"
+        )
+        return {
+            r["account_id"]: LastError(
+                code=r["error_code"], message=r["error_message"], job_id=r["job_id"], at=r["at"]
+            )
+            for r in rows
+        }
 
 
 async def _insert_event(

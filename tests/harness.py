@@ -150,7 +150,7 @@ async def running(config_path: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncC
         await tg.start(daemon.run)
         async with api(daemon.config.daemon.socket_path) as client:
             yield daemon, client
-        daemon.request_stop()
+        daemon.request_stop(drain=False)
 
 
 async def job_state(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:

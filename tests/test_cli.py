@@ -21,7 +21,6 @@ from orchestrator.client import DaemonClient, DaemonUnreachable
 from orchestrator.errors import ConfigError
 from orchestrator.render import ACCOUNT_COLUMNS, progress_line, status_view
 from orchestrator.sandbox import Sandbox
-from orchestrator.store import Store
 
 from .harness import (
     KEY,
@@ -148,10 +147,6 @@ async def test_status_shows_breaker_cap_queues_and_last_error_after_failures(
     assert_no_secrets(text + json.dumps(document), tmp_path)
 
 
-@pytest.mark.skipif(
-    not hasattr(Store, "last_errors"),
-    reason="needs Store.queue_depths/last_errors (the store.py patch in brief C's report)",
-)
 async def test_status_shows_each_accounts_lanes_and_last_error(
     tmp_path: Path,
     sandbox: Sandbox,

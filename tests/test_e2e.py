@@ -7,6 +7,7 @@ instant the daemon died at.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,13 +34,8 @@ class DaemonProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, socket_path: Path) -> DaemonClient:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=out,
-            )
+    def start(self, socket_path: Path, *, env: dict[str, str] | None = None) -> DaemonClient:
+        self.spawn(env)
         client = DaemonClient(socket_path, timeout=10)
 
         def up() -> bool:
@@ -54,6 +50,16 @@ class DaemonProcess:
 
         wait_for_sync(up, what="the daemon to answer")
         return client
+
+    def spawn(self, env: dict[str, str] | None = None) -> None:
+        """Start the process without waiting for it (``start`` also waits for the socket)."""
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "run", "--config", str(self.config)],
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **(env or {})},
+            )
 
     def kill9(self) -> None:
         assert self.proc is not None
