@@ -8,11 +8,12 @@ How the package is laid out (an arrow means "may import"):
     shard, poller ────► tiktok, tokens, retries, limits, store, clock, errors
     retries ──────────► catalog, backoff, store (the policy after a failure)
     refresher ────────► tokens (APScheduler timers that only enqueue work)
+    metrics ──────────► store, httpd, health, caps (reads the daemon through a Protocol)
     tokens ───────────► tiktok, store, crypto, catalog, clock, errors
     tiktok ───────────► errors            (the only module that speaks HTTP to TikTok)
     store, schema ────► errors            (the only modules that speak SQL)
     catalog, backoff, jobs, intake, oauth, crypto: pure, or nearly (no I/O but a key file)
-    config, clock, httpd, logs, errors ─► nothing of ours
+    config, clock, httpd, logs, notify, errors ─► nothing of ours (notify: sd_notify)
     sandbox/ ─────────► nothing of ours, ever: it is written from shared/TIKTOK_API.md alone,
                         so that the client and the fake cannot share one misunderstanding.
 
