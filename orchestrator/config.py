@@ -13,8 +13,11 @@ a systemd credential when it is needed, and no error message quotes it.
 from __future__ import annotations
 
 import difflib
+import grp
+import ipaddress
 import math
 import os
+import pwd
 import re
 import tomllib
 import zoneinfo
@@ -69,6 +72,16 @@ class DaemonSettings:
     clock_epoch: float | None = None
     upload_chunk_size: int = DEFAULT_CHUNK
     request_timeout: float = 30.0
+    # After SIGTERM, in-flight uploads get this long to finish before they are checkpointed.
+    drain_timeout: float = 20.0
+    # Who may use the control socket. The file system gate (mode and group of the socket) is
+    # the first check; every connection's SO_PEERCRED is checked as well, so a socket handed
+    # over by systemd, or a directory with looser permissions, does not widen access. Root
+    # and the daemon's own user are always allowed. Names are resolved when the file is read.
+    socket_mode: int = 0o660
+    socket_group: int | None = None
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,6 +159,14 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsSettings:
+    """The Prometheus listener: plain HTTP on a loopback address, never facing the network."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AlertSettings:
     """Where alerts go besides the log and `orchestrator status`."""
 
@@ -174,6 +195,7 @@ class Config:
     accounts: tuple[AccountSettings, ...] = ()
     webhooks: WebhookSettings | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    metrics: MetricsSettings | None = None
     _by_id: dict[str, AccountSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -211,6 +233,8 @@ def parse_config(text: str, *, path: Path) -> Config:
     hooks = top.table("webhooks")
     webhooks = _read_webhooks(hooks) if "webhooks" in data else None
     alerts = _read_alerts(top.table("alerts"))
+    metrics_table = top.table("metrics")
+    metrics = _read_metrics(metrics_table) if "metrics" in data else None
     accounts = _read_accounts(top)
     top.finish()
     _raise_if_any(problems, str(path))
@@ -221,6 +245,7 @@ def parse_config(text: str, *, path: Path) -> Config:
         accounts=accounts,
         webhooks=webhooks,
         alerts=alerts,
+        metrics=metrics,
     )
 
 
@@ -258,6 +283,11 @@ def _read_daemon(t: _Table) -> DaemonSettings:
             "upload_chunk_size", _int_between(MIN_CHUNK, MAX_CHUNK), DEFAULT_CHUNK
         ),
         request_timeout=t.get("request_timeout", _positive, 30.0),
+        drain_timeout=t.get("drain_timeout", _positive, 20.0),
+        socket_mode=t.get("socket_mode", _socket_mode, 0o660),
+        socket_group=t.get("socket_group", _group_id, None),
+        allowed_uids=t.get("allowed_users", _ids(_user_id), ()),
+        allowed_gids=t.get("allowed_groups", _ids(_group_id), ()),
     )
     t.finish()
     return settings
@@ -303,6 +333,12 @@ def _read_alerts(t: _Table) -> AlertSettings:
     )
     t.finish()
     return settings
+
+
+def _read_metrics(t: _Table) -> MetricsSettings:
+    host, port = t.required("listen", _loopback_address, ("127.0.0.1", 9464))
+    t.finish()
+    return MetricsSettings(host=host, port=port)
 
 
 def _read_webhooks(t: _Table) -> WebhookSettings:
@@ -561,3 +597,78 @@ def _credential_name(raw: object) -> str:
     if not name or "/" in name or name in (".", "..") or len(name) > 255:
         raise _Invalid(f"{name!r} is not a systemd credential name (a plain file name)")
     return name
+
+
+def _socket_mode(raw: object) -> int:
+    # A string, because a bare TOML 660 is the decimal number 660 (0o1224), not rw-rw----.
+    if not isinstance(raw, str):
+        raise _Invalid(f'must be a string of octal digits such as "0660", not {_kind(raw)}')
+    if not re.fullmatch(r"0?[0-7]{3}", raw):
+        raise _Invalid(f'{raw!r} is not a file mode (3 octal digits, e.g. "0660")')
+    mode = int(raw, 8)
+    if mode & 0o002:
+        raise _Invalid(
+            f"{raw!r} lets every local user write to the socket, and writing is what "
+            'connecting takes; use "0660" with socket_group'
+        )
+    if mode & 0o600 != 0o600:
+        raise _Invalid(f"{raw!r} takes reading or writing away from the daemon's own user")
+    return mode
+
+
+def _account_id(raw: object, kind: str, lookup: Callable[[str], int]) -> int:
+    """A name (looked up now, so a typo fails here) or a numeric id (taken as it is)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        number = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        number = int(raw)
+    elif isinstance(raw, str):
+        try:
+            return lookup(_nonempty(raw))
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            raise _Invalid(f"no {kind} named {raw!r} on this system") from None
+    else:
+        raise _Invalid(f"must be a {kind} name or a numeric id, not {_kind(raw)}")
+    if not 0 <= number < 2**32 - 1:  # (uid_t) -1 means "no change" to chown, never an id
+        raise _Invalid(f"{number} is not a valid numeric {kind} id")
+    return number
+
+
+def _user_id(raw: object) -> int:
+    return _account_id(raw, "user", lambda name: pwd.getpwnam(name).pw_uid)
+
+
+def _group_id(raw: object) -> int:
+    return _account_id(raw, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _ids(item: Callable[[object], int]) -> Callable[[object], tuple[int, ...]]:
+    def convert(raw: object) -> tuple[int, ...]:
+        if not isinstance(raw, list):
+            raise _Invalid(f"must be an array of names or numeric ids, not {_kind(raw)}")
+        try:
+            return tuple(dict.fromkeys(item(x) for x in raw))
+        except _Invalid as exc:
+            raise _Invalid(f"an entry: {exc}") from None
+
+    return convert
+
+
+def _loopback_address(raw: object) -> tuple[str, int]:
+    listen = _nonempty(raw)
+    host, _, port_text = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise _Invalid(f'{listen!r} is not HOST:PORT (for example "127.0.0.1:9464")')
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise _Invalid(
+                f"{host!r} is not a loopback address: metrics are served without "
+                "authentication, so only 127.0.0.0/8, ::1 or localhost are accepted; "
+                "let a local Prometheus or a proxy with TLS and auth reach it"
+            )
+    return host, int(port_text)  # port 0: any free port (tests)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
+import pwd
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from orchestrator.config import (
     AccountSettings,
     Config,
     DaemonSettings,
+    MetricsSettings,
     TikTokSettings,
     load_config,
     parse_config,
@@ -63,7 +66,7 @@ def test_example_file_loads() -> None:
 
 def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    for cls in (DaemonSettings, TikTokSettings, AccountSettings):
+    for cls in (DaemonSettings, TikTokSettings, AccountSettings, MetricsSettings):
         for f in dataclasses.fields(cls):
             assert f.name in text, f"{cls.__name__}.{f.name} is not documented in the example"
     for key in ("open_id", "access_token", "expires_in", "refresh_token", "refresh_expires_in"):
@@ -84,7 +87,11 @@ def test_daemon_and_tiktok_defaults() -> None:
     assert d.clock_epoch is None
     assert d.upload_chunk_size == 10_485_760
     assert d.request_timeout == 30.0
+    assert d.drain_timeout == 20.0
+    assert (d.socket_mode, d.socket_group) == (0o660, None)
+    assert (d.allowed_uids, d.allowed_gids) == ((), ())
     assert d == DaemonSettings(state_dir=d.state_dir, socket_path=d.socket_path)
+    assert config.metrics is None  # no [metrics]: no TCP listener
     t = config.tiktok
     assert t.base_url == "https://open.tiktokapis.com"
     assert t.client_key == "key"
@@ -125,6 +132,13 @@ time_scale = 60
 clock_epoch = 1700000000
 upload_chunk_size = 5242880
 request_timeout = 1.5
+drain_timeout = 7
+socket_mode = "600"
+socket_group = "root"
+allowed_users = ["root", 1000, "1001", "root"]
+allowed_groups = ["root", 7]
+[metrics]
+listen = "[::1]:9464"
 [tiktok]
 base_url = "http://127.0.0.1:8080/"
 client_key = "k"
@@ -148,6 +162,12 @@ enabled = false
     assert (d.log_level, d.poll_interval, d.time_scale) == ("debug", 2.0, 60.0)
     assert isinstance(d.poll_interval, float)
     assert (d.clock_epoch, d.upload_chunk_size, d.request_timeout) == (1.7e9, 5_242_880, 1.5)
+    assert (d.drain_timeout, d.socket_mode) == (7.0, 0o600)
+    root_uid, root_gid = pwd.getpwnam("root").pw_uid, grp.getgrnam("root").gr_gid
+    assert d.socket_group == root_gid
+    assert d.allowed_uids == (root_uid, 1000, 1001)  # names resolved, duplicates dropped
+    assert d.allowed_gids == (root_gid, 7)
+    assert config.metrics == MetricsSettings(host="::1", port=9464)
     t = config.tiktok
     assert t.base_url == "http://127.0.0.1:8080"  # trailing slash stripped
     assert (t.client_secret_file, t.client_secret_credential) == (None, "client-secret")
@@ -236,8 +256,8 @@ def test_unknown_key_lists_known_keys_and_suggests_a_close_one() -> None:
     assert str(err).endswith("did you mean 'daily_cap'?")
     top = problem("\n[deamon]\nx = 1\n")
     assert (
-        "field 'deamon': unknown key 'deamon' (known: accounts, alerts, daemon, tiktok, webhooks)"
-        in str(top)
+        "field 'deamon': unknown key 'deamon' "
+        "(known: accounts, alerts, daemon, metrics, tiktok, webhooks)" in str(top)
     )
     assert "did you mean 'daemon'?" in str(top)
     far = problem(base=MINIMAL.replace("[tiktok]", "[tiktok]\nzzz = 1"))
@@ -298,6 +318,24 @@ def test_account_values_are_type_checked(line: str, field: str, expected: str) -
         ("upload_chunk_size = 64_000_001", "upload_chunk_size", "not 64_000_001"),
         ('socket_path = ""', "socket_path", "must not be empty"),
         (f'socket_path = "/{"x" * 120}"', "socket_path", "too long for a Unix socket"),
+        ("drain_timeout = 0", "drain_timeout", "must be greater than 0, not 0"),
+        ('drain_timeout = "20s"', "drain_timeout", "must be a number, not a string"),
+        ("socket_mode = 0o660", "socket_mode", 'octal digits such as "0660", not an integer'),
+        ('socket_mode = "0666"', "socket_mode", "'0666' lets every local user write"),
+        ('socket_mode = "0662"', "socket_mode", "lets every local user write to the socket"),
+        ('socket_mode = "rw-rw----"', "socket_mode", "'rw-rw----' is not a file mode"),
+        ('socket_mode = "04660"', "socket_mode", "is not a file mode (3 octal digits"),
+        ('socket_mode = "0680"', "socket_mode", "is not a file mode"),
+        ('socket_mode = "0460"', "socket_mode", "takes reading or writing away from the daemon"),
+        ('socket_group = "no-such-group-x"', "socket_group", "no group named 'no-such-group-x'"),
+        ("socket_group = -1", "socket_group", "-1 is not a valid numeric group id"),
+        ("socket_group = true", "socket_group", "a group name or a numeric id, not a boolean"),
+        ('socket_group = ""', "socket_group", "must not be empty"),
+        ('allowed_users = "root"', "allowed_users", "an array of names or numeric ids, not a"),
+        ('allowed_users = ["no-such-user-x"]', "allowed_users", "an entry: no user named"),
+        ("allowed_users = [1.5]", "allowed_users", "a user name or a numeric id, not a float"),
+        ("allowed_groups = [4294967295]", "allowed_groups", "not a valid numeric group id"),
+        ('allowed_groups = ["no-such-group-x"]', "allowed_groups", "no group named"),
     ],
 )
 def test_daemon_values_are_checked(line: str, field: str, expected: str) -> None:
@@ -305,6 +343,46 @@ def test_daemon_values_are_checked(line: str, field: str, expected: str) -> None
     assert err.field == f"daemon.{field}"
     assert err.account is None
     assert expected in str(err)
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:9464", "127.0.0.1", 9464),
+        ("127.8.9.10:0", "127.8.9.10", 0),  # any loopback address; port 0 picks a free one
+        ("[::1]:9464", "::1", 9464),
+        ("localhost:9464", "localhost", 9464),
+    ],
+)
+def test_metrics_listen_on_loopback(listen: str, host: str, port: int) -> None:
+    config = parse(f'\n[metrics]\nlisten = "{listen}"\n')
+    assert config.metrics == MetricsSettings(host=host, port=port)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("0.0.0.0:9464", "'0.0.0.0' is not a loopback address: metrics are served without"),
+        ("[::]:9464", "'::' is not a loopback address"),
+        ("192.168.1.5:9464", "'192.168.1.5' is not a loopback address"),
+        ("metrics.example.com:9464", "only 127.0.0.0/8, ::1 or localhost are accepted"),
+        ("127.0.0.1", "'127.0.0.1' is not HOST:PORT"),
+        ("127.0.0.1:65536", "is not HOST:PORT"),
+        (":9464", "is not HOST:PORT"),
+    ],
+)
+def test_metrics_refuse_anything_but_loopback(listen: str, expected: str) -> None:
+    err = problem(f'\n[metrics]\nlisten = "{listen}"\n')
+    assert (err.account, err.field) == (None, "metrics.listen")
+    assert expected in str(err)
+
+
+def test_metrics_table_is_checked() -> None:
+    assert "field 'metrics.listen': is required" in str(problem("\n[metrics]\n"))
+    err = problem('\n[metrics]\nlisten = "127.0.0.1:1"\nport = 9464\n')
+    assert err.field == "metrics.port"
+    assert "unknown key 'port' (known: listen)" in str(err)
+    assert "must be a string, not an integer" in str(problem("\n[metrics]\nlisten = 9464\n"))
 
 
 @pytest.mark.parametrize(
