@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -26,6 +27,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import orchestrator
 from orchestrator.client import DaemonClient, DaemonUnreachable
 from orchestrator.config import DaemonSettings
 from orchestrator.errors import ConfigError, DaemonAlreadyRunning
@@ -258,6 +260,63 @@ async def test_the_socket_group_passes_both_gates(shared_dir: Path) -> None:
         outsider = await client_as(path)
     assert member["status"] == 200
     assert outsider == {"error": "EACCES"}
+
+
+# Serves as an unprivileged user with socket_group = 0 (root's group, which it is not in).
+UNPRIVILEGED_SERVER = """
+import json, sys
+from pathlib import Path
+import anyio
+from orchestrator.config import DaemonSettings
+from orchestrator.httpd import Response, serve_control
+from orchestrator.logs import configure
+
+async def main() -> None:
+    path = Path(sys.argv[1])
+    settings = DaemonSettings(state_dir=path.parent, socket_path=path, socket_group=0)
+    async def handler(request):
+        return Response.json(200, {})
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve_control, settings, handler)
+        info = path.lstat()
+        print(json.dumps({"gid": info.st_gid, "mode": info.st_mode & 0o777}))
+        tg.cancel_scope.cancel()
+
+configure("info")
+anyio.run(main)
+"""
+
+
+@as_root
+def test_a_group_the_daemon_cannot_give_is_a_warning_not_a_crash(shared_dir: Path) -> None:
+    python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
+    probe = f"import sys; print(sys.version_info[:2] == {tuple(sys.version_info[:2])})"
+    if python is None or subprocess.run([python, "-c", probe], capture_output=True).stdout != (
+        b"True\n"
+    ):
+        pytest.skip("needs a system python3 of the venv's version, runnable by nobody")
+    home = shared_dir / "run"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    repo = Path(orchestrator.__file__).resolve().parent.parent
+    path = str(repo) + os.pathsep + sysconfig.get_paths()["purelib"]
+    done = subprocess.run(
+        [python, "-c", UNPRIVILEGED_SERVER, str(home / "c.sock")],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"gid": NOBODY, "mode": 0o660}
+    [warning] = [json.loads(line) for line in done.stderr.splitlines() if "socket_group" in line]
+    assert warning["action"] == "api.socket_group_failed"
+    assert warning["level"] == "warning"
+    assert warning["gid"] == 0
+    assert "Traceback" not in done.stderr
 
 
 # --- socket activation ----------------------------------------------------------------------
