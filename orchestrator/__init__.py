@@ -13,7 +13,8 @@ How the package is laid out (an arrow means "may import"):
     tiktok ───────────► errors            (the only module that speaks HTTP to TikTok)
     store, schema ────► errors            (the only modules that speak SQL)
     catalog, backoff, jobs, intake, oauth, crypto: pure, or nearly (no I/O but a key file)
-    config, clock, httpd, logs, notify, errors ─► nothing of ours (notify: sd_notify)
+    httpd ────────────► errors, logs (config for types only)
+    config, clock, logs, notify, errors ─► nothing of ours (notify: sd_notify)
     sandbox/ ─────────► nothing of ours, ever: it is written from shared/TIKTOK_API.md alone,
                         so that the client and the fake cannot share one misunderstanding.
 

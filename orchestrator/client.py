@@ -64,6 +64,11 @@ class DaemonClient:
         try:
             response = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
+            if _caused_by(exc, PermissionError):
+                raise DaemonUnreachable(
+                    f"not allowed to connect to {self.socket_path} (permission denied): ask "
+                    "to be added to the daemon's socket_group or allowed_groups"
+                ) from exc
             raise DaemonUnreachable(
                 f"cannot reach the daemon at {self.socket_path} ({type(exc).__name__}); "
                 "is it running? Start it with: orchestrator run --config FILE"
@@ -126,3 +131,10 @@ class DaemonClient:
     def pause(self, account_id: str, *, paused: bool) -> dict[str, Any]:
         verb = "pause" if paused else "resume"
         return self.request("POST", f"/v1/accounts/{account_id}/{verb}")[1]  # type: ignore[no-any-return]
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, kind):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None

@@ -349,7 +349,6 @@ class Daemon:
             await self._stop.wait()
             await self._drain()
             tg.cancel_scope.cancel()
-        settings.socket_path.unlink(missing_ok=True)
         log.info("stopped", extra=fields("daemon.stopped"))
         self.notifier.close()
 

@@ -462,11 +462,6 @@ def test_a_daemon_started_by_socket_activation_serves_on_the_passed_socket(
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="Daemon._serve still unlinks daemon.socket_path after stopping (daemon.py, owned by "
-    "the lead): delete that line, serve_control removes only a socket it created",
-)
 def test_the_socket_from_systemd_outlives_the_daemon(
     tmp_path: Path, sandbox: Sandbox, epoch: float
 ) -> None:
