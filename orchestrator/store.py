@@ -301,24 +301,17 @@ class Store:
         """Insert a job unless its idempotency key exists: (outcome, the job that holds it)."""
 
         async def tx(conn: aiosqlite.Connection) -> tuple[str, Job]:
-            async with conn.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                same = row["payload_sha256"] == payload_sha256
-                outcome = SubmitOutcome.EXISTING if same else SubmitOutcome.CONFLICT
-                return outcome, _job_from_row(row)
-            values = {name: _column_value(name, getattr(job, name)) for name in _JOB_FIELDS}
-            values["id"] = job.id
-            values["payload_sha256"] = payload_sha256
-            columns = ", ".join(values)
-            marks = ", ".join("?" for _ in values)
-            await conn.execute(
-                f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values())
-            )
-            await _insert_event(conn, job.id, job.created_at, None, job.state, "job.submitted", {})
-            return SubmitOutcome.CREATED, job
+            return await _submit_in(conn, job, payload_sha256)
+
+        return await self._write(tx)
+
+    async def submit_many(self, jobs: Sequence[tuple[Job, str]]) -> list[str]:
+        """``submit`` for many (job, payload fingerprint) pairs in one transaction (a bulk
+        import): the same idempotency rules, one commit instead of one per job. Returns each
+        job's outcome, in order."""
+
+        async def tx(conn: aiosqlite.Connection) -> list[str]:
+            return [(await _submit_in(conn, job, fp))[0] for job, fp in jobs]
 
         return await self._write(tx)
 
@@ -917,6 +910,25 @@ class Store:
             )
             for r in rows
         }
+
+
+async def _submit_in(conn: aiosqlite.Connection, job: Job, payload_sha256: str) -> tuple[str, Job]:
+    async with conn.execute(
+        "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is not None:
+        same = row["payload_sha256"] == payload_sha256
+        outcome = SubmitOutcome.EXISTING if same else SubmitOutcome.CONFLICT
+        return outcome, _job_from_row(row)
+    values = {name: _column_value(name, getattr(job, name)) for name in _JOB_FIELDS}
+    values["id"] = job.id
+    values["payload_sha256"] = payload_sha256
+    columns = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    await conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+    await _insert_event(conn, job.id, job.created_at, None, job.state, "job.submitted", {})
+    return SubmitOutcome.CREATED, job
 
 
 async def _insert_event(
