@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -71,6 +71,15 @@ def refresh_due(record: TokenRecord, configured_margin: float) -> float | None:
     return due
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timing:
+    """When an account's token wants attention: its next refresh, and when the refresh token
+    itself runs out. Read for every account at once, so timers never cost a query each."""
+
+    due: float | None
+    refresh_expires_at: float | None
+
+
 def cooldown(failures: int) -> float:
     return min(COOLDOWN_CAP, COOLDOWN_BASE * float(2 ** max(0, failures - 1)))
 
@@ -108,6 +117,10 @@ class TokenRegistry:
         self.margin = margin
         self.on_change = on_change
         self._locks: dict[str, anyio.Lock] = {}
+        # The imported_sha256 of every stored account, read once on the first import: at a
+        # start with thousands of accounts each unchanged token file then costs no query.
+        # Kept in step by ``save``, the only way tokens are written.
+        self._imported: dict[str, str | None] | None = None
 
     def _lock(self, account_id: str) -> anyio.Lock:
         return self._locks.setdefault(account_id, anyio.Lock())
@@ -149,7 +162,18 @@ class TokenRegistry:
 
     async def save(self, record: TokenRecord, history: TokenOutcome | None = None) -> None:
         await self._store.save_token(self._seal(record), history=history)
+        if self._imported is not None:
+            self._imported[record.account_id] = record.imported_sha256
         self.on_change(record.account_id)
+
+    async def timings(self) -> dict[str, Timing]:
+        """Every stored account's refresh timing, in one read; no token is decrypted."""
+        return {
+            r.account_id: Timing(
+                due=refresh_due(r, self.margin), refresh_expires_at=r.refresh_expires_at
+            )
+            for r in await self._store.all_tokens()
+        }
 
     async def seal_plaintext(self) -> int:
         """Encrypt rows written before a key was configured; returns how many."""
@@ -175,8 +199,11 @@ class TokenRegistry:
         an operator hands over a fresh authorization.
         """
         data, digest = parse_token_file(path)
-        current = await self._store.get_token(account_id)
-        if current is not None and current.imported_sha256 == digest:
+        if self._imported is None:
+            self._imported = {
+                t.account_id: t.imported_sha256 for t in await self._store.all_tokens()
+            }
+        if account_id in self._imported and self._imported[account_id] == digest:
             return False
         await self._take_grant(account_id, _grant_from_json(data), imported_sha256=digest)
         return True
