@@ -11,8 +11,8 @@ What is measured, in one run, on a real daemon process against the sandbox in an
    The daemon's CPU over ``--idle-seconds`` (60), from ``--settle`` seconds after READY;
 3. latency of the control API while posting: ``--post`` fresh jobs (one per account, due
    now) are submitted through ``POST /v1/jobs`` and carried to PUBLISH_COMPLETE while one
-   client samples ``GET /v1/jobs/{id}`` and another ``GET /v1/status`` (the whole table of
-   10,000 accounts);
+   client samples ``GET /v1/jobs/{id}`` back to back and another ``GET /v1/status`` (the
+   whole table of 10,000 accounts) every half second, as a dashboard would;
 4. peak RSS (VmHWM) of the daemon over all of that;
 5. start to READY again after a clean stop: the steady-state restart.
 
@@ -148,7 +148,7 @@ def post_while_sampling(world: World, count: int, timeout: float) -> dict[str, A
     samplers = [
         threading.Thread(target=sample_latency, args=(daemon, a_job, stop, job_ms, 0.0)),
         threading.Thread(
-            target=sample_latency, args=(daemon, lambda: "/v1/status", stop, status_ms, 0.0)
+            target=sample_latency, args=(daemon, lambda: "/v1/status", stop, status_ms, 0.5)
         ),
     ]
     videos = world.work / "posted"
