@@ -811,41 +811,17 @@ class Store:
         """Write an account's tokens (and, with ``history``, a refresh outcome) atomically."""
 
         async def tx(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT OR REPLACE INTO tokens (account_id, open_id, access_token, "
-                "access_expires_at, refresh_token, refresh_expires_at, scopes, state, "
-                "imported_sha256, last_error, updated_at, access_issued_at, refresh_failures, "
-                "next_refresh_at, refresh_started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.account_id,
-                    record.open_id,
-                    record.access_token,
-                    record.access_expires_at,
-                    record.refresh_token,
-                    record.refresh_expires_at,
-                    ",".join(sorted(record.scopes)),
-                    record.state,
-                    record.imported_sha256,
-                    record.last_error,
-                    record.updated_at,
-                    record.access_issued_at,
-                    record.refresh_failures,
-                    record.next_refresh_at,
-                    record.refresh_started_at,
-                ),
-            )
-            if history is not None:
-                await conn.execute(
-                    "INSERT INTO token_history (account_id, at, outcome, code, error_class) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        record.account_id,
-                        history.at,
-                        history.outcome,
-                        history.code,
-                        history.error_class,
-                    ),
-                )
+            await _save_token_in(conn, record, history)
+
+        await self._write(tx)
+
+    async def save_tokens(self, records: Sequence[tuple[TokenRecord, TokenOutcome | None]]) -> None:
+        """``save_token`` for many accounts in one transaction (a first start importing
+        thousands of token files would otherwise commit, and fsync, once per account)."""
+
+        async def tx(conn: aiosqlite.Connection) -> None:
+            for record, history in records:
+                await _save_token_in(conn, record, history)
 
         await self._write(tx)
 
@@ -1012,6 +988,46 @@ async def _submit_in(conn: aiosqlite.Connection, job: Job, payload_sha256: str) 
     await conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
     await _insert_event(conn, job.id, job.created_at, None, job.state, "job.submitted", {})
     return SubmitOutcome.CREATED, job
+
+
+async def _save_token_in(
+    conn: aiosqlite.Connection, record: TokenRecord, history: TokenOutcome | None
+) -> None:
+    await conn.execute(
+        "INSERT OR REPLACE INTO tokens (account_id, open_id, access_token, "
+        "access_expires_at, refresh_token, refresh_expires_at, scopes, state, "
+        "imported_sha256, last_error, updated_at, access_issued_at, refresh_failures, "
+        "next_refresh_at, refresh_started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            record.account_id,
+            record.open_id,
+            record.access_token,
+            record.access_expires_at,
+            record.refresh_token,
+            record.refresh_expires_at,
+            ",".join(sorted(record.scopes)),
+            record.state,
+            record.imported_sha256,
+            record.last_error,
+            record.updated_at,
+            record.access_issued_at,
+            record.refresh_failures,
+            record.next_refresh_at,
+            record.refresh_started_at,
+        ),
+    )
+    if history is not None:
+        await conn.execute(
+            "INSERT INTO token_history (account_id, at, outcome, code, error_class) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                record.account_id,
+                history.at,
+                history.outcome,
+                history.code,
+                history.error_class,
+            ),
+        )
 
 
 async def _insert_event(
