@@ -68,7 +68,13 @@ class SoakPlan:
 
 
 SHORT = {"accounts": 50, "jobs": 200, "chaos_seconds": 50.0, "kill_gap": (2.0, 6.0)}
-LONG = {"accounts": 50, "jobs": 900, "chaos_seconds": 480.0, "kill_gap": (3.0, 15.0)}
+LONG = {
+    "accounts": 50,
+    "jobs": 900,
+    "chaos_seconds": 480.0,
+    "kill_gap": (3.0, 15.0),
+    "settle_timeout": 300.0,
+}
 
 
 @dataclass(kw_only=True, slots=True)

@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.soak import SHORT, SoakPlan, problems, run_soak, table
+from orchestrator.sandbox import Sandbox
 
-pytestmark = pytest.mark.e2e
+from .harness import (
+    KEY,
+    SECRET,
+    faults,
+    job_state,
+    make_video,
+    running,
+    submit,
+    until_ended,
+    wait_for,
+    write_config,
+)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_chaos_soak_leaves_every_job_settled_and_the_ledger_clean(tmp_path: Path) -> None:
     seed = int(os.environ.get("SOAK_SEED", "8"))
@@ -30,3 +44,48 @@ def test_chaos_soak_leaves_every_job_settled_and_the_ledger_clean(tmp_path: Path
     states = summary["final_states"]
     assert states.get("published", 0) > summary["jobs"] // 2
     assert {"dead", "cancelled", "review"} <= set(states), states
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="needs the Store.recent_inits patch (B2's report)")
+async def test_an_init_whose_answer_was_lost_counts_against_the_daily_cap(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    """Found by the long soak (cap_rejections 1): TikTok counts an init it accepted even if
+    its answer never arrived, so the daemon must too, or it sends an init past the cap, gets
+    spam_risk_too_many_posts, and learns a lower cap for good."""
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        user_options={"acme-us": {"daily_cap": 2}},
+        account_toml="daily_cap = 2",
+    )
+    sandbox.set_faults(faults({"endpoint": "video_init", "fault": "drop_after", "times": 1}))
+    videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
+    async with running(config) as (_, client):
+        lost = await submit(client, account="acme-us", video_path=str(videos[0]))
+        assert await until_ended(client, lost["id"]) == "uncertain"
+
+        async def cap() -> dict[str, Any]:
+            status = (await client.get("/v1/status")).json()
+            return status["accounts"][0]["cap"]  # type: ignore[no-any-return]
+
+        async def counted() -> bool:
+            return (await cap())["used"] == 1
+
+        await wait_for(counted, timeout=10, what="the lost init to count against the cap")
+        second = await submit(client, account="acme-us", video_path=str(videos[1]))
+        assert await until_ended(client, second["id"]) == "published"
+        third = await submit(client, account="acme-us", video_path=str(videos[2]))
+
+        async def held() -> bool:
+            c = await cap()
+            job = (await job_state(client, third["id"]))["job"]
+            return c["used"] == 2 and job["state"] == "queued"
+
+        await wait_for(held, timeout=10, what="the third job to wait for the cap")
+        assert (await cap())["learned"] is None
+    assert sandbox.ledger()["cap_rejections"] == 0
