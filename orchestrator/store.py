@@ -59,6 +59,15 @@ class Attempt:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class UnknownCode:
+    code: str
+    count: int
+    first_seen: float
+    last_seen: float
+    last_job: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LastError:
     """An account's most recent failed attempt, for the operator's dashboard."""
 
@@ -66,15 +75,6 @@ class LastError:
     message: str | None
     job_id: str | None
     at: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UnknownCode:
-    code: str
-    count: int
-    first_seen: float
-    last_seen: float
-    last_job: str | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -757,8 +757,16 @@ class Store:
         await self._write(tx)
 
     async def recent_inits(self, account_id: str, since: float) -> list[float]:
+        """Direct-post inits TikTok may count against the daily cap: the accepted ones, and
+        the ones whose answer never came (an uncertain job, or an accepted init a crash kept
+        out of ``inits``). TikTok counts an init it took whether or not we heard the answer."""
         rows = await self._fetchall(
-            "SELECT at FROM inits WHERE account_id = ? AND at > ? ORDER BY at", (account_id, since)
+            "SELECT at FROM inits WHERE account_id = ? AND at > ? "
+            "UNION ALL SELECT init_sent_at FROM jobs WHERE account_id = ? AND mode = 'direct' "
+            "AND init_sent_at > ? AND (publish_id IS NULL OR publish_id NOT IN "
+            "(SELECT publish_id FROM inits WHERE account_id = ? AND publish_id IS NOT NULL)) "
+            "ORDER BY 1",
+            (account_id, since, account_id, since, account_id),
         )
         return [r[0] for r in rows]
 

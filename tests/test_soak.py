@@ -47,7 +47,6 @@ def test_chaos_soak_leaves_every_job_settled_and_the_ledger_clean(tmp_path: Path
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="needs the Store.recent_inits patch (B2's report)")
 async def test_an_init_whose_answer_was_lost_counts_against_the_daily_cap(
     tmp_path: Path, sandbox: Sandbox, epoch: float
 ) -> None:
