@@ -51,7 +51,7 @@ from .poller import Poller
 from .refresher import Refresher
 from .routing import Routing
 from .shard import Shard
-from .store import Store
+from .store import AccountState, Store
 from .tiktok import TikTokClient
 from .tokens import TokenRegistry
 from .webhooks import WebhookReceiver
@@ -241,8 +241,16 @@ class Daemon:
                 extra=fields("token.sealed", accounts=sealed),
             )
         await tokens.recover_lost()
-        for account in self.config.accounts:
-            await self._import_token(account)
+        failed = await tokens.import_files(
+            [(a.id, a.token_file) for a in self.config.accounts if a.token_file is not None]
+        )
+        for account_id, exc in failed.items():
+            log.error(
+                "%s: %s",
+                account_id,
+                exc.message,
+                extra=fields("token.import_failed", account=account_id),
+            )
         self.poller = Poller(
             store=store,
             client=client,
@@ -254,9 +262,10 @@ class Daemon:
             stuck_after=settings.stuck_after,
             review_stuck_after=settings.review_stuck_after,
         )
+        saved = {s.account_id: s for s in await store.account_states()}
         for account in self.config.accounts:
             if account.enabled:
-                self.shards[account.id] = await self._build_shard(account)
+                self.shards[account.id] = await self._build_shard(account, saved.get(account.id))
         self.routing = Routing(
             store=store,
             config=self.config,
@@ -352,11 +361,16 @@ class Daemon:
         log.info("stopped", extra=fields("daemon.stopped"))
         self.notifier.close()
 
-    async def _build_shard(self, account: AccountSettings) -> Shard:
+    async def _build_shard(
+        self, account: AccountSettings, saved: AccountState | None = None
+    ) -> Shard:
+        """``saved``: the account's stored state when the caller has read it already (a start
+        reads every account's in one query); read here otherwise (a reload's new account)."""
         assert self.store is not None and self._client is not None and self.tokens is not None
         assert self.poller is not None
         settings = self.config.daemon
-        saved = await self.store.account_state(account.id)
+        if saved is None:
+            saved = await self.store.account_state(account.id)
         breaker = AccountBreaker(
             account.id,
             clock=self.clock,
@@ -472,7 +486,10 @@ class Daemon:
     async def _status_reporter(self) -> None:
         while True:
             await anyio.sleep(STATUS_EVERY)
-            await self._count_retired()
+            if self.retired:
+                # Only retired accounts' counts move without a reload (their jobs finish or
+                # are cancelled); with none, an idle daemon does not scan 100,000 jobs.
+                await self._count_retired()
             self.notifier.status(self._status_line())
 
     async def _count_retired(self) -> None:

@@ -190,7 +190,9 @@ class TikTokClient:
         chunk_size: int | None = None,
         chunk_count: int | None = None,
         video_url: str | None = None,
+        paced: bool = False,
     ) -> InitResult:
+        """``paced``: the caller has already waited for the app-wide limiter (``pace``)."""
         source_info: dict[str, Any] = {"source": source.value}
         if source is Source.FILE_UPLOAD:
             source_info |= {
@@ -208,7 +210,7 @@ class TikTokClient:
             # keeps it (shared/TIKTOK_API.md §1.6), so we send the title alone.
             body["post_info"] = {"title": post_info["title"]}
         endpoint = "video_init" if mode is Mode.DIRECT else "inbox_init"
-        data = await self._post_json(endpoint, token, body)
+        data = await self._post_json(endpoint, token, body, paced=paced)
         publish_id = data.get("publish_id")
         if not isinstance(publish_id, str) or not publish_id:
             raise TikTokApiError(
@@ -324,7 +326,16 @@ class TikTokClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _post_json(self, endpoint: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def pace(self) -> None:
+        """Wait for the app-wide limiter now. For an init: its intent must be written after
+        this wait, right before the request leaves, or a crash during the wait leaves a job
+        marked as sent that never left (and ``uncertain`` after the restart)."""
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    async def _post_json(
+        self, endpoint: str, token: str, body: dict[str, Any], *, paced: bool = False
+    ) -> dict[str, Any]:
         response = await self._send(
             endpoint,
             lambda: self._http.post(
@@ -336,6 +347,7 @@ class TikTokClient:
                 },
             ),
             self._timeout,
+            paced=paced,
         )
         payload = _json_or_none(response)
         error = payload.get("error") if isinstance(payload, dict) else None
@@ -365,10 +377,11 @@ class TikTokClient:
         timeout: float,
         *,
         label: str = "",
+        paced: bool = False,
     ) -> httpx.Response:
         """Send one request; an answer is reported to the hook by whoever reads it (the
         outcome is TikTok's code, known only then), a failure to get one is reported here."""
-        if self._limiter is not None:
+        if self._limiter is not None and not paced:
             await self._limiter.acquire()
         label = label or LABELS[endpoint]
         started = time.monotonic()
