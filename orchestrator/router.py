@@ -130,8 +130,9 @@ def _health_bucket(health: float) -> int:
     return round(health * 10)
 
 
-def _rank(a: AccountView) -> tuple[int, int, str]:
-    return (-_health_bucket(a.health), -(a.headroom - a.queued), a.id)
+def _rank(a: AccountView, capped: bool) -> tuple[int, int, str]:
+    room = a.headroom if capped else 0
+    return (-_health_bucket(a.health), -(room - a.queued), a.id)
 
 
 def _pool_miss(target: Target, a: AccountView) -> str | None:
@@ -143,7 +144,7 @@ def _pool_miss(target: Target, a: AccountView) -> str | None:
     return None
 
 
-def _blockers(a: AccountView, scope: str) -> list[tuple[str, str]]:
+def _blockers(a: AccountView, scope: str, capped: bool) -> list[tuple[str, str]]:
     """(blocker, detail) for each reason the pool account cannot take the job, lasting first."""
     found: list[tuple[str, str]] = []
     if not a.enabled:
@@ -156,7 +157,7 @@ def _blockers(a: AccountView, scope: str) -> list[tuple[str, str]]:
         found.append((SCOPE, f"{SCOPE} {scope}"))
     if a.breaker_open:
         found.append((BREAKER, BREAKER))
-    if a.headroom <= 0:
+    if capped and a.headroom <= 0:
         found.append((CAP, CAP))
     return found
 
@@ -165,17 +166,23 @@ def _stats(a: AccountView) -> str:
     return f"health {a.health:.2f}, headroom {a.headroom}, queued {a.queued}"
 
 
-def eligible(target: Target, account: AccountView, *, scope: str) -> bool:
+def eligible(target: Target, account: AccountView, *, scope: str, capped: bool = True) -> bool:
     """Whether ``account`` may take a job of ``target`` now (the test ``choose`` applies)."""
-    return _pool_miss(target, account) is None and not _blockers(account, scope)
+    return _pool_miss(target, account) is None and not _blockers(account, scope, capped)
 
 
-def choose(target: Target, accounts: Sequence[AccountView], *, scope: str) -> Choice:
+def choose(
+    target: Target, accounts: Sequence[AccountView], *, scope: str, capped: bool = True
+) -> Choice:
     """The account in ``target`` that should take a job needing ``scope``, and why.
 
     Eligible: in the pool, enabled, not paused, breaker closed, token valid, ``scope``
-    granted, headroom left. Best: highest health (to 0.1), then most headroom left after
-    the jobs already queued, then id, so that equal accounts always give the same answer.
+    granted, and, if the job is ``capped`` (a Direct Post, which TikTok's daily cap counts),
+    headroom left. An inbox upload is not counted against the cap, so an account at its cap
+    can still take one (the soak found inbox pool jobs waiting hours for a cap that did not
+    apply to them). Best: highest health (to 0.1), then most headroom left after the jobs
+    already queued (for an uncapped job, fewest queued), then id, so that equal accounts
+    always give the same answer.
     """
     eligible: list[AccountView] = []
     rejected: list[tuple[str, str]] = []
@@ -185,13 +192,13 @@ def choose(target: Target, accounts: Sequence[AccountView], *, scope: str) -> Ch
         if miss is not None:
             rejected.append((a.id, miss))
             continue
-        found = _blockers(a, scope)
+        found = _blockers(a, scope, capped)
         if found:
             primary[found[0][0]] += 1
             rejected.append((a.id, "; ".join(detail for _, detail in found)))
         else:
             eligible.append(a)
-    eligible.sort(key=_rank)
+    eligible.sort(key=lambda a: _rank(a, capped))
     rejected.sort()
     considered = tuple(
         (a.id, ("chosen: " if i == 0 else "eligible: ") + _stats(a)) for i, a in enumerate(eligible)

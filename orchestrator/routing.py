@@ -16,7 +16,7 @@ import anyio
 from .clock import ClockLike
 from .config import Config
 from .health import health_score
-from .jobs import SCOPE_FOR_MODE, Job
+from .jobs import SCOPE_FOR_MODE, Job, Mode
 from .logs import fields
 from .router import AccountView, Choice, choose, eligible, parse_target
 from .shard import Shard
@@ -84,7 +84,11 @@ class Routing:
         return out
 
     async def pick(self, pool: str, job_scope: str) -> Choice:
-        return choose(parse_target(pool), list((await self.views()).values()), scope=job_scope)
+        # The scope names the mode (SCOPE_FOR_MODE is one to one), and only a Direct Post
+        # counts against the daily cap.
+        capped = job_scope == SCOPE_FOR_MODE[Mode.DIRECT]
+        views = list((await self.views()).values())
+        return choose(parse_target(pool), views, scope=job_scope, capped=capped)
 
     async def run(self) -> None:
         while True:
@@ -108,10 +112,11 @@ class Routing:
     async def _route(self, job: Job, views: dict[str, AccountView]) -> bool:
         assert job.pool is not None
         target, scope = parse_target(job.pool), SCOPE_FOR_MODE[job.mode]
+        capped = job.mode is Mode.DIRECT
         current = views.get(job.account_id)
-        if current is not None and eligible(target, current, scope=scope):
+        if current is not None and eligible(target, current, scope=scope, capped=capped):
             return False
-        choice = choose(target, list(views.values()), scope=scope)
+        choice = choose(target, list(views.values()), scope=scope, capped=capped)
         if choice.account is None or choice.account == job.account_id:
             return False
         detail = {

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.soak import SHORT, SoakPlan, problems, run_soak, table
+from orchestrator.router import AccountView, choose, parse_target
 from orchestrator.sandbox import Sandbox
 
 from .harness import (
@@ -88,3 +89,52 @@ async def test_an_init_whose_answer_was_lost_counts_against_the_daily_cap(
         await wait_for(held, timeout=10, what="the third job to wait for the cap")
         assert (await cap())["learned"] is None
     assert sandbox.ledger()["cap_rejections"] == 0
+
+
+def test_the_router_lets_an_inbox_upload_go_to_an_account_at_its_daily_cap() -> None:
+    """Found by the long soak (inbox pool jobs left with no account for hours): TikTok's daily
+    cap counts Direct Post inits only, so it must not keep an inbox upload from an account."""
+    pool = parse_target("pool:soak")
+    capped = AccountView(
+        id="capped",
+        tags=frozenset({"soak"}),
+        region=None,
+        enabled=True,
+        paused=False,
+        breaker_open=False,
+        token_ok=True,
+        scopes=frozenset({"video.publish", "video.upload"}),
+        headroom=0,
+        health=1.0,
+        queued=0,
+    )
+    assert choose(pool, [capped], scope="video.publish").account is None
+    assert choose(pool, [capped], scope="video.upload", capped=False).account == "capped"
+
+
+@pytest.mark.anyio
+async def test_an_inbox_pool_job_is_routed_to_an_account_at_its_daily_cap(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        user_options={"acme-us": {"daily_cap": 1}},
+        account_toml='daily_cap = 1\ntags = ["fit"]',
+    )
+    videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
+    async with running(config) as (_, client):
+        first = await submit(client, account="acme-us", video_path=str(videos[0]))
+        assert await until_ended(client, first["id"]) == "published"
+        direct = await submit(client, pool="pool:fit", video_path=str(videos[1]))
+        inbox = await submit(client, pool="pool:fit", video_path=str(videos[2]), mode="inbox")
+        assert await until_ended(client, inbox["id"]) == "published"
+        assert (await job_state(client, inbox["id"]))["job"]["account"] == "acme-us"
+        held = await job_state(client, direct["id"])
+        assert held["job"]["state"] == "queued" and held["job"]["account"] is None
+        routed = next(e for e in held["timeline"] if e["action"] == "job.routed")
+        assert "daily cap" in routed["detail"]["reason"]
+    assert [p["mode"] for p in sandbox.ledger()["posts"]] == ["direct", "inbox"]
