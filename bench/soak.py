@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,14 +45,19 @@ from .common import (
     DaemonProcess,
     SandboxProcess,
     machine,
-    wait_until,
     write_config,
 )
 
 T = TypeVar("T")
 TERMINAL = frozenset({"published", "dead", "cancelled"})
 HUMAN = frozenset({"uncertain", "review"})
-WAITING_FOR_AUTH = frozenset({"queued", "retry_wait"})  # only on an account in needs_reauth
+# On an account whose creator must authorize the app again, these wait for that human: no
+# job is sent and no status can be read without a token (README, Tokens).
+WAITING_FOR_AUTH = frozenset({"queued", "retry_wait", "processing"})
+PARKED = frozenset({"needs_reauth", "exhausted"})
+# TikTok's "the account cannot take it now" answers (catalog class reroute): the job waits
+# for the account's window and the daemon tries again by itself.
+WINDOW_CODES = frozenset({"spam_risk_too_many_posts", "spam_risk_too_many_pending_share"})
 REQUEST_TIMEOUT = 2.0  # real seconds; the "long delay" fault outlasts it
 
 
@@ -63,7 +69,12 @@ class SoakPlan:
     chaos_seconds: float = 35.0  # real seconds of faults, submissions and kills
     kill_gap: tuple[float, float] = (2.0, 6.0)  # real seconds between two kills
     down_for: tuple[float, float] = (0.0, 1.5)  # real seconds the daemon stays dead
-    settle_timeout: float = 90.0  # real seconds allowed for the end state
+    min_kills: int = 6  # the chaos lasts until there were this many, however slow restarts are
+    # The settle phase ends when no job is still on its way; it gives up when no job has
+    # changed state for ``settle_quiet`` real seconds (longer than any wait the daemon
+    # schedules by itself at this scale: a deferral of 3600 s is 60 s), or at the backstop.
+    settle_quiet: float = 120.0
+    settle_timeout: float = 600.0
     scale: float = 60.0
 
 
@@ -73,7 +84,7 @@ LONG = {
     "jobs": 900,
     "chaos_seconds": 480.0,
     "kill_gap": (3.0, 15.0),
-    "settle_timeout": 300.0,
+    "min_kills": 30,
 }
 
 
@@ -355,8 +366,9 @@ def run_soak(plan: SoakPlan, work: Path, *, say: Callable[[str], None] = print) 
             submitter = Submitter(daemon.socket_path, jobs, plan.chaos_seconds * 0.8, chaos)
             submitter.start()
             chaos_end = time.monotonic() + plan.chaos_seconds
-            while (now := time.monotonic()) < chaos_end:
-                time.sleep(min(rng.uniform(*plan.kill_gap), chaos_end - now))
+            # However slow a loaded machine makes the restarts, the daemon dies min_kills times.
+            while (now := time.monotonic()) < chaos_end or chaos.kills < plan.min_kills:
+                time.sleep(max(0.0, min(rng.uniform(*plan.kill_gap), chaos_end - now)))
                 daemon.kill9()
                 chaos.kills += 1
                 check = integrity(work / "state" / "orchestrator.db")
@@ -368,12 +380,17 @@ def run_soak(plan: SoakPlan, work: Path, *, say: Callable[[str], None] = print) 
                 chaos.restarts += 1
             faults = sandbox.http.get("/_sandbox/faults").json()
             sandbox.set_faults({"rules": []})
-            submitter.join(timeout=120)
-            if submitter.error is not None:
+            # Its own retries are bounded (60 s per call): this only catches a hang.
+            submitter.join(timeout=600)
+            if submitter.is_alive() or submitter.error is not None:
                 raise RuntimeError(f"the submitter failed: {submitter.error!r}")
             chaos.refused = submitter.refused
             say(f"soak: chaos over after {time.monotonic() - started:.0f} s; settling")
-            final = settle(daemon.socket_path, jobs, plan.settle_timeout)
+            final = settle(daemon.socket_path, jobs, plan, epoch)
+            say(
+                f"soak: settle ended after {final['settle_seconds']:.0f} s "
+                f"({'every job settled' if final['settled'] else final['gave_up']})"
+            )
         finally:
             code = daemon.stop()
             daemon.notify.close()
@@ -406,31 +423,110 @@ def account_open_id(account: str | None) -> str:
     return open_id(int((account or "soak-0").removeprefix("soak-")))
 
 
-def settled(job: dict[str, Any], token_states: dict[str, str]) -> bool:
+def parse_iso(text: str | None) -> float | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def where_is(job: dict[str, Any], accounts: dict[str, dict[str, Any]], now: float) -> str:
+    """Where a job stands at the end, in the soak's own words.
+
+    ``terminal`` and ``human`` (uncertain, review) are the issue's settled states;
+    ``reauth``: waiting on an account whose creator must authorize the app again, which is
+    waiting for a human too; ``window``: waiting, by the daemon's own decision, for an
+    account's window to free (its daily cap, or a creator inbox TikTok says is full), at a
+    time the daemon knows; ``no_account``: a pool job that no account of the pool can take
+    now (each is parked, at its cap or behind an open breaker; ``orchestrator status``
+    counts these); ``moving``: none of these, so the daemon must still move it by itself.
+    A job still ``moving`` when the settle phase gives up is stuck.
+    """
     state = job["state"]
-    if state in TERMINAL or state in HUMAN:
-        return True
-    return state in WAITING_FOR_AUTH and token_states.get(job["account"] or "") == "needs_reauth"
+    if state in TERMINAL:
+        return "terminal"
+    if state in HUMAN:
+        return "human"
+    account = accounts.get(job["account"] or "")
+    fresh_direct = job["mode"] == "direct" and job["publish_id"] is None
+    movable = job["pool"] is not None and job["publish_id"] is None
+    if movable and state in ("queued", "retry_wait"):
+        # The router moves it whenever some account of the pool can take it (all soak
+        # accounts are in the pool), so it may wait only when none can.
+        takers = [a for a in accounts.values() if can_take(a, fresh_direct, now)]
+        if account is None or not can_take(account, fresh_direct, now):
+            return "moving" if takers else "no_account"
+    if account is not None and account["token"]["state"] in PARKED:
+        return "reauth" if state in WAITING_FOR_AUTH else "moving"
+    if state not in ("queued", "retry_wait"):
+        return "moving"
+    error = (job.get("error") or {}).get("code")
+    not_before = parse_iso(job["not_before"]) or 0.0
+    if error in WINDOW_CODES and not_before > now:
+        return "window"
+    if account is not None and fresh_direct and cap_full(account, now):
+        return "window"
+    return "moving"
 
 
-def settle(socket_path: Path, jobs: Sequence[JobSpec], timeout: float) -> dict[str, Any]:
-    """Waits for every job to be terminal or waiting for a human; returns the last look."""
+def can_take(account: dict[str, Any], direct: bool, now: float) -> bool:
+    """What the router asks of an account (router.eligible), from the status snapshot."""
+    return (
+        account["token"]["state"] == "valid"
+        and account["breaker"] != "open"
+        and not account["paused"]
+        and not (direct and cap_full(account, now))
+    )
+
+
+def cap_full(account: dict[str, Any], now: float) -> bool:
+    """The daemon's own view of an account's daily cap: spent, and a later slot known."""
+    cap = account.get("cap") or {}
+    if not cap:
+        return False
+    spent = cap["used"] >= cap["limit"] or (cap.get("blocked_until") or 0.0) > now
+    return spent and (cap.get("next_slot") or 0.0) > now
+
+
+def settle(
+    socket_path: Path, jobs: Sequence[JobSpec], plan: SoakPlan, epoch: float
+) -> dict[str, Any]:
+    """Waits until no job is still on its way (every one terminal, waiting for a human, or
+    waiting for its account's window); returns the last look.
+
+    Driven by the jobs, not by a wall-clock budget a loaded machine can exhaust: it gives up
+    only when no job has changed state for ``plan.settle_quiet`` seconds (or at the
+    ``plan.settle_timeout`` backstop), and the verdict then lists what is stuck.
+    """
     ids = {s.job_id for s in jobs if s.job_id}
     last: dict[str, Any] = {}
-    with DaemonClient(socket_path, timeout=10) as client:
-
-        def look() -> bool:
+    began = time.monotonic()
+    seen: dict[str, str] = {}
+    changed_at = began
+    with DaemonClient(socket_path, timeout=30) as client:
+        while True:
             status = client.status()
-            tokens = {a["id"]: a["token"]["state"] for a in status["accounts"]}
             listed = [j for j in client.jobs(limit=10_000) if j["id"] in ids]
-            last.update(status=status, tokens=tokens, jobs=listed)
-            return len(listed) == len(ids) and all(settled(j, tokens) for j in listed)
-
-        try:
-            wait_until(look, timeout=timeout, what="every job to settle")
-            last["settled"] = True
-        except RuntimeError:  # the deadline: the verdict lists what did not settle
-            last["settled"] = False
+            now = epoch + (time.time() - epoch) * plan.scale
+            accounts = {a["id"]: a for a in status["accounts"]}
+            places = {j["id"]: where_is(j, accounts, now) for j in listed}
+            last.update(status=status, accounts=accounts, jobs=listed, places=places, now=now)
+            states = {j["id"]: j["state"] for j in listed}
+            if states != seen:
+                seen, changed_at = states, time.monotonic()
+            moving = [i for i, place in places.items() if place == "moving"]
+            waited = time.monotonic() - began
+            if len(listed) == len(ids) and not moving:
+                last.update(settled=True, gave_up=None)
+                break
+            if time.monotonic() - changed_at > plan.settle_quiet:
+                gave_up = f"no job changed state for {plan.settle_quiet:g} s"
+                last.update(settled=False, gave_up=gave_up)
+                break
+            if waited > plan.settle_timeout:
+                last.update(settled=False, gave_up=f"backstop of {plan.settle_timeout:g} s")
+                break
+            time.sleep(0.5)  # polling the daemon's answer, not waiting for it
+    last["settle_seconds"] = round(time.monotonic() - began, 1)
     return last
 
 
@@ -446,12 +542,13 @@ def judge(
     chaos: Chaos,
 ) -> dict[str, Any]:
     listed = {j["id"]: j for j in final.get("jobs", [])}
-    tokens: dict[str, str] = final.get("tokens", {})
+    accounts: dict[str, dict[str, Any]] = final.get("accounts", {})
+    places: dict[str, str] = final.get("places", {})
     states = Counter(j["state"] for j in listed.values())
-    unsettled = sorted(
-        f"{j['id']} {j['state']} on {j['account']}"
+    stuck = sorted(
+        describe_stuck(j, accounts, final["now"])
         for j in listed.values()
-        if not settled(j, tokens)
+        if places.get(j["id"]) == "moving"
     )
     # A job's content names it on the ledger: every job has its own bytes (or URL).
     by_content: dict[str, list[dict[str, Any]]] = {}
@@ -459,11 +556,21 @@ def judge(
         by_content.setdefault(post["content_sha256"], []).append(post)
     job_of = {s.content_sha256: listed.get(s.job_id) for s in jobs if s.job_id}
     posted_twice = sorted(c for c, posts in by_content.items() if len(posts) > 1)
-    unknown_posts, published_unseen = [], []
+    unknown_posts, published_unseen, unread_until_reauth = [], [], []
     for content, posts in by_content.items():
         job = job_of.get(content)
-        if job is None or job["state"] not in ("published", "uncertain"):
-            unknown_posts.append(f"{posts[0]['publish_id']} ({job and job['state']})")
+        if job is not None and job["state"] in ("published", "uncertain"):
+            continue
+        if (
+            job is not None
+            and places.get(job["id"]) == "reauth"
+            and [p["publish_id"] for p in posts] == [job["publish_id"]]
+        ):
+            # The daemon holds this publish_id and polls it, but cannot read its status
+            # until the creator authorizes the app again: known, not yet confirmed.
+            unread_until_reauth.append(job["id"])
+            continue
+        unknown_posts.append(f"{posts[0]['publish_id']} ({job and job['state']})")
     for job in listed.values():
         if job["state"] == "published" and job["content_sha256"] not in by_content:
             published_unseen.append(job["id"])
@@ -490,12 +597,27 @@ def judge(
         "jobs_accepted": sum(1 for s in jobs if s.job_id),
         "jobs_listed": len(listed),
         "settled": final.get("settled", False),
+        "settle_seconds": final.get("settle_seconds"),
+        "settle_gave_up": final.get("gave_up"),
         "final_states": dict(sorted(states.items())),
-        "waiting_for_reauth": sum(
-            1 for j in listed.values() if j["state"] in WAITING_FOR_AUTH and settled(j, tokens)
+        "end_places": dict(sorted(Counter(places.values()).items())),
+        "waiting_for_reauth": dict(
+            sorted(Counter(listed[i]["state"] for i, p in places.items() if p == "reauth").items())
         ),
-        "accounts_needing_reauth": sorted(a for a, s in tokens.items() if s == "needs_reauth"),
-        "unsettled": unsettled[:20],
+        "waiting_for_window": dict(
+            sorted(
+                Counter(
+                    window_reason(listed[i]) for i, p in places.items() if p == "window"
+                ).items()
+            )
+        ),
+        "pool_jobs_without_account": sum(1 for p in places.values() if p == "no_account"),
+        "accounts_needing_reauth": sorted(
+            a for a, acct in accounts.items() if acct["token"]["state"] in PARKED
+        ),
+        "stuck": stuck[:20],
+        "stuck_count": len(stuck),
+        "posts_unread_until_reauth": unread_until_reauth,
         "ledger_posts": len(ledger["posts"]),
         "ledger_failed_publishes": len(ledger["failed"]),
         "duplicate_posts": len(ledger["duplicates"]) + len(posted_twice),
@@ -512,6 +634,27 @@ def judge(
         "integrity_at_end": integrity(db),
         "secrets_in_log": secrets_in_log(work),
     }
+
+
+def window_reason(job: dict[str, Any]) -> str:
+    code = (job.get("error") or {}).get("code")
+    if code == "spam_risk_too_many_pending_share":
+        return "creator inbox full"
+    return "daily cap"
+
+
+def describe_stuck(job: dict[str, Any], accounts: dict[str, dict[str, Any]], now: float) -> str:
+    """One line with what the verdict needs to tell a bug from a slow machine."""
+    account = accounts.get(job["account"] or "") or {}
+    cap = account.get("cap") or {}
+    due = (parse_iso(job["not_before"]) or now) - now
+    return (
+        f"{job['id']} {job['state']} {job['mode']} on {job['account'] or '(no account)'}"
+        f"{' pool' if job['pool'] else ''}: due {due:+.0f} s, attempts {job['attempts']}, "
+        f"error {(job.get('error') or {}).get('code')}, "
+        f"token {account.get('token', {}).get('state')}, breaker {account.get('breaker')}, "
+        f"cap {cap.get('used')}/{cap.get('limit')}"
+    )
 
 
 def count_actions(log: Path, actions: Sequence[str]) -> int:
@@ -537,8 +680,13 @@ def secrets_in_log(work: Path) -> int:
 def problems(summary: dict[str, Any]) -> list[str]:
     """What the soak found wrong; empty means every invariant held."""
     found = []
-    if not summary["settled"] or summary["jobs_listed"] != summary["jobs_accepted"]:
-        found.append(f"jobs not settled: {summary['unsettled']}")
+    if summary["jobs_listed"] != summary["jobs_accepted"]:
+        found.append(f"jobs lost: {summary['jobs_accepted']} accepted, {summary['jobs_listed']}")
+    if not summary["settled"]:
+        found.append(
+            f"jobs stuck ({summary['stuck_count']}; {summary['settle_gave_up']}): "
+            f"{summary['stuck']}"
+        )
     for key in ("duplicate_posts", "rate_limited", "cap_exceeded", "cap_rejections"):
         if summary[key]:
             found.append(f"{key}: {summary[key]}")
@@ -580,7 +728,11 @@ def table(summary: dict[str, Any]) -> str:
         ),
         ("jobs", summary["jobs"]),
         *((f"  {state}", n) for state, n in summary["final_states"].items()),
-        ("  of which wait for re-auth", summary["waiting_for_reauth"]),
+        ("settle seconds", f"{summary['settle_seconds']} ({summary['settle_gave_up'] or 'ok'})"),
+        *((f"at the end: {place}", n) for place, n in summary["end_places"].items()),
+        ("  re-auth, by state", summary["waiting_for_reauth"] or "-"),
+        ("  window, by reason", summary["waiting_for_window"] or "-"),
+        ("posts unread until re-auth", len(summary["posts_unread_until_reauth"])),
         ("accounts needing re-auth", len(summary["accounts_needing_reauth"])),
         ("ledger posts", summary["ledger_posts"]),
         ("duplicate posts", summary["duplicate_posts"]),

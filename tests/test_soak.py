@@ -32,7 +32,7 @@ from .harness import (
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_chaos_soak_leaves_every_job_settled_and_the_ledger_clean(tmp_path: Path) -> None:
     seed = int(os.environ.get("SOAK_SEED", "8"))
     plan = SoakPlan(seed=seed, **SHORT)  # type: ignore[arg-type]
