@@ -25,31 +25,49 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from . import __version__, oauth
 from .catalog import UNKNOWN, lookup
 from .clock import ClockLike
-from .config import Config
+from .config import AccountSettings, Config
 from .errors import ApiError, ConfigError, TikTokError, TokenError
 from .httpd import Request, Response
 from .intake import build_job, parse_submission, spool_video
 from .jobs import SCOPE_FOR_MODE, TERMINAL, Job, JobState, entering_processing
 from .logs import fields
 from .routing import Routing
-from .store import Attempt, Event, StaleTransition, Store, SubmitOutcome, TokenRecord
-from .tokens import TokenRegistry
+from .store import (
+    Attempt,
+    Event,
+    LastError,
+    StaleTransition,
+    Store,
+    SubmitOutcome,
+    TokenRecord,
+    TokenStatus,
+)
+from .tokens import PARKED, REFRESH_EXPIRY_WARNING, TokenRegistry, effective_margin
 
 log = logging.getLogger(__name__)
 
 _ACCOUNT_PATH = re.compile(r"^/v1/accounts/([a-z0-9][a-z0-9_-]{0,62})/(pause|resume)$")
 _AUTH_PATH = re.compile(r"^/v1/accounts/([a-z0-9][a-z0-9_-]{0,62})/auth/(url|exchange|import)$")
+# The status lists every account up to this many configured ones; above, by default, only
+# those that need attention (the rest are counted): a 10,000-row table is neither cheap nor
+# readable, and a dashboard asks for it every few seconds.
+FULL_LIST_UP_TO = 100
+VIEWS = ("all", "attention", "none")
+# A failed attempt this recent (seconds) puts its account on the attention list.
+RECENT_ERROR = 3600.0
+WAITING = frozenset({JobState.QUEUED.value, JobState.RETRY_WAIT.value})
 _JOB_PATH = re.compile(r"^/v1/(jobs|dlq)/([A-Za-z0-9_-]{1,64})(?:/(cancel|resolve|requeue))?$")
 # What a fresh start forgets: the old publish, which can never become a post.
 _FRESH = {
@@ -139,7 +157,7 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def _token_json(token: TokenRecord | None, now: float) -> dict[str, Any]:
+def _token_json(token: TokenRecord | TokenStatus | None, now: float) -> dict[str, Any]:
     """What may be shown of an account's tokens: states and times, never the tokens."""
     if token is None:
         return {"state": "missing", "expires_in": None}
@@ -185,6 +203,14 @@ def _body(req: Request) -> dict[str, Any]:
     return body
 
 
+class LiveStatistics(Protocol):
+    """``Daemon.statistics``: the shards' in-memory state, alerts, reload, drain."""
+
+    def __call__(
+        self, accounts: list[str] | None = None, *, troubled: bool = False
+    ) -> Mapping[str, Any]: ...
+
+
 class ControlApi:
     def __init__(
         self,
@@ -194,7 +220,7 @@ class ControlApi:
         clock: ClockLike,
         spool_dir: Path,
         on_submitted: Callable[[str], None],
-        live: Callable[[], Mapping[str, Any]],
+        live: LiveStatistics,
         tokens: TokenRegistry | None = None,
         routing: Routing | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
@@ -209,10 +235,28 @@ class ControlApi:
         self._routing = routing
         self._reload = reload
         self.accepting = True
+        # Refresh outcomes per account, and the last history row counted (_refresh_counts).
+        self._refreshes: dict[str, dict[str, int]] = {}
+        self._history_seen = 0
+        self._refresh_lock = anyio.Lock()
+        # Accounts with jobs but not in the file; None: read it again (_unconfigured_accounts).
+        self._unconfigured: set[str] | None = None
+        self._generation = 0
+        self._index_accounts()
 
     def reconfigure(self, config: Config) -> None:
         """A reload changed the accounts: submissions are checked against the new ones."""
         self._config = config
+        self._index_accounts()
+
+    def _index_accounts(self) -> None:
+        """What the status needs of the file, worked out once per configuration."""
+        accounts = self._config.accounts
+        self._configured = {a.id for a in accounts}
+        self._disabled = {a.id for a in accounts if not a.enabled}
+        self._order = {a.id: n for n, a in enumerate(accounts)}
+        self._unconfigured = None
+        self._generation = getattr(self, "_generation", 0) + 1
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -224,7 +268,16 @@ class ControlApi:
         if req.path == "/v1/health" and req.method == "GET":
             return Response.json(200, {"ok": True, "version": __version__})
         if req.path == "/v1/status" and req.method == "GET":
-            return Response.json(200, await self.status())
+            view, account = req.query.get("accounts"), req.query.get("account")
+            if view is not None and view not in VIEWS:
+                raise ApiError(
+                    "invalid_request", "accounts: must be all, attention or none", status=400
+                )
+            if view is not None and account is not None:
+                raise ApiError(
+                    "invalid_request", "give accounts= or account=, not both", status=400
+                )
+            return Response.json(200, await self.status(view, account))
         if req.path == "/v1/reload" and req.method == "POST":
             return await self._reload_config()
         if req.path == "/v1/jobs":
@@ -471,6 +524,7 @@ class ControlApi:
         else:
             raise ApiError("invalid_request", 'give {"ids": [...]} or {"all": true}', status=400)
         gone = await self._store.delete_jobs(ids, only_state=JobState.DEAD)
+        self._unconfigured, self._generation = None, self._generation + 1  # may have emptied one
         log.warning("purged %d dead jobs", gone, extra=fields("dlq.purged", count=gone))
         return Response.json(200, {"purged": gone})
 
@@ -574,85 +628,266 @@ class ControlApi:
             raise ApiError("job_not_found", f"no job {job_id}", status=404)
         return job
 
-    async def _lanes_and_errors(
-        self, now: float
-    ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
-        """Waiting jobs per account and lane, and each account's most recent failed attempt.
+    # -- the dashboard ------------------------------------------------------------------------
 
-        Both are one grouped query for every account (Store.queue_depths, Store.last_errors).
+    async def status(self, view: str | None = None, account: str | None = None) -> dict[str, Any]:
+        """The dashboard. ``view``: ``all``, ``attention`` or ``none`` (default: ``all`` up to
+        FULL_LIST_UP_TO configured accounts, ``attention`` above); ``account``: that one only.
+
+        Whatever the view, ``account_states`` counts every account and ``attention_count``
+        says how many need an operator. Only ``all`` reads every account's rows and describes
+        every shard; the other views find the accounts that need attention from the shards'
+        in-memory state and from queries whose answers grow with the trouble, not with the
+        accounts (tokens in trouble, errors of the last hour), then describe just those.
         """
-        store = self._store
-        lanes = await store.queue_depths()
-        errors = {
-            account_id: {
-                "code": e.code,
-                "message": e.message,
-                "job": e.job_id,
-                "at": iso(e.at),
-                "age": round(now - e.at),
-            }
-            for account_id, e in (await store.last_errors()).items()
-        }
-        return lanes, errors
-
-    async def status(self) -> dict[str, Any]:
-        counts = await self._store.counts()
-        tokens = {t.account_id: t for t in await self._store.all_tokens()}
-        refreshes = await self._store.refresh_counts()
+        if account is not None:
+            view = "account"
+        elif view is None:
+            view = "all" if len(self._config.accounts) <= FULL_LIST_UP_TO else "attention"
         now = self._clock.now()
+        refreshes = await self._refresh_counts()
+        if view == "all":
+            board = await self._board_all(now, refreshes)
+        else:
+            board = await self._board_some(now, refreshes, view=view, account=account)
+        return await self._document(now, view, board)
+
+    async def _board_all(self, now: float, refreshes: Mapping[str, dict[str, int]]) -> _Board:
+        store, config, generation = self._store, self._config, self._generation
+        counts, lanes = _group_counts(await store.job_counts_by_account())
+        tokens = {t.account_id: t for t in await store.token_statuses()}
+        errors = await store.last_errors()
         live = self._live()
-        lanes, errors = await self._lanes_and_errors(now)
-        accounts = []
-        totals: dict[str, int] = {}
-        for acct in self._config.accounts:
-            shard_stats = live.get("shards", {}).get(acct.id, {})
-            token = tokens.get(acct.id)
-            paused = shard_stats.get("paused", False)
-            accounts.append(
-                {
-                    "id": acct.id,
-                    "state": account_state(
-                        enabled=acct.enabled,
-                        paused=paused,
-                        token_state=token.state if token else None,
-                    ),
-                    "display_name": acct.display_name,
-                    "enabled": acct.enabled,
-                    "region": acct.region,
-                    "tags": list(acct.tags),
-                    "token": _token_json(token, now) | {"refreshes": refreshes.get(acct.id, {})},
-                    "current_job": shard_stats.get("current_job"),
-                    "paused": paused,
-                    "breaker": shard_stats.get("breaker"),
-                    "breaker_retry_at": iso(shard_stats.get("breaker_retry_at")),
-                    "cap": shard_stats.get("cap"),
-                    "queues": lanes.get(acct.id, {}),
-                    "jobs": counts.get(acct.id, {}),
-                    "last_error": errors.get(acct.id),
-                }
+        shards: Mapping[str, Mapping[str, Any]] = live.get("shards", {})
+        unknown = set(counts) - self._configured - {""}
+        if generation == self._generation:
+            self._unconfigured = unknown  # as good as the cache's own read
+        entries = [
+            self._entry(
+                acct.id,
+                acct,
+                shard=shards.get(acct.id, {}),
+                token=tokens.get(acct.id),
+                refreshes=refreshes.get(acct.id, {}),
+                queues=lanes.get(acct.id, {}),
+                jobs=counts.get(acct.id, {}),
+                error=errors.get(acct.id),
+                now=now,
             )
+            for acct in config.accounts
+        ]
+        retired = sorted((set(live.get("retired") or {}) | unknown) - self._configured)
+        entries += [
+            self._entry(
+                account_id,
+                None,
+                shard={},
+                token=tokens.get(account_id),
+                refreshes=refreshes.get(account_id, {}),
+                queues=lanes.get(account_id, {}),
+                jobs=counts.get(account_id, {}),
+                error=errors.get(account_id),
+                now=now,
+            )
+            for account_id in retired
+        ]
+        totals: dict[str, int] = {}
         for acct_counts in counts.values():
             for state, n in acct_counts.items():
                 totals[state] = totals.get(state, 0) + n
-        unknown = sorted(set(counts) - {a.id for a in self._config.accounts} - {""})
-        retired: dict[str, int] = dict(live.get("retired") or {})
-        for account_id in sorted(set(retired) | set(unknown)):
-            if self._config.account(account_id) is not None:
-                continue  # disabled, not removed: listed above
-            token = tokens.get(account_id)
-            # Removed from the file by a reload: its jobs stay in the store, and are shown.
-            accounts.append(
-                {
-                    "id": account_id,
-                    "state": "retired",
-                    "token": _token_json(token, now),
-                    "breaker": None,
-                    "cap": None,
-                    "queues": lanes.get(account_id, {}),
-                    "jobs": counts.get(account_id, {}),
-                    "last_error": errors.get(account_id),
-                }
+        return _Board(
+            live=live,
+            accounts=entries,
+            account_count=len(entries),
+            account_states=dict(Counter(e["state"] for e in entries)),
+            attention_count=sum(1 for e in entries if e["attention"]),
+            totals=totals,
+            unassigned=sum(counts.get("", {}).values()),
+            unknown=sorted(unknown),
+            token_troubles=list(tokens.values()),
+        )
+
+    async def _board_some(
+        self,
+        now: float,
+        refreshes: Mapping[str, dict[str, int]],
+        *,
+        view: str,
+        account: str | None,
+    ) -> _Board:
+        store, config = self._store, self._config
+        margin = config.tiktok.refresh_margin
+        troubles = {
+            t.account_id: t
+            for t in await store.token_troubles(
+                access_before=now + margin, refresh_before=now + REFRESH_EXPIRY_WARNING
             )
+        }
+        have_token = await store.token_account_ids()
+        recent = await store.errors_since(now - RECENT_ERROR)
+        unconfigured = await self._unconfigured_accounts()
+        if account is not None and config.account(account) is None and account not in unconfigured:
+            raise ApiError(
+                "unknown_account",
+                f"no account {account!r} in {config.path}, and no jobs for it",
+                status=404,
+            )
+        # Every account that needs attention, found from small sets only: the file's disabled
+        # accounts, tokens in trouble or missing, errors of the last hour, the shards' own
+        # state (troubled), retired accounts. Each configured account outside it is active
+        # (not disabled, parked or paused) by construction.
+        configured = self._configured
+        found = {
+            a for a, t in troubles.items() if a in configured and token_trouble(t, now, margin)
+        }
+        found |= configured - have_token  # no token at all
+        found |= set(recent) & configured
+        describe = sorted(found if view == "attention" else {account} if account else ())
+        live = self._live(describe, troubled=True)  # describes the troubled shards too
+        troubled: Mapping[str, list[str]] = live.get("troubled", {})
+        retired = (set(live.get("retired") or {}) | unconfigured) - configured
+        selected = found | self._disabled | set(troubled) | retired
+        states = Counter(
+            "retired"
+            if a in retired
+            else account_state(
+                enabled=a not in self._disabled,
+                paused="paused" in troubled.get(a, ()),
+                token_state=troubles[a].state if a in troubles else None,
+            )
+            for a in selected
+        )
+        states["active"] = len(config.accounts) - sum(
+            n for state, n in states.items() if state not in ("active", "retired")
+        )
+        if view == "attention":
+            shown = sorted(selected, key=self._position)
+        else:
+            shown = [account] if account else []
+        entries = await self._entries(shown, now, refreshes, live, troubles, retired)
+        totals = await store.job_state_totals()
+        unassigned = sum(n for _, _, _, n in await store.job_counts_by_account([""]))
+        return _Board(
+            live=live,
+            accounts=entries,
+            account_count=len(config.accounts) + len(retired),
+            account_states={s: n for s, n in states.items() if n},
+            attention_count=len(selected),
+            totals=totals,
+            unassigned=unassigned,
+            unknown=sorted(unconfigured),
+            token_troubles=list(troubles.values()),
+        )
+
+    async def _entries(
+        self,
+        shown: list[str],
+        now: float,
+        refreshes: Mapping[str, dict[str, int]],
+        live: Mapping[str, Any],
+        troubles: Mapping[str, TokenStatus],
+        retired: set[str],
+    ) -> list[dict[str, Any]]:
+        """The full entries of ``shown``, with reads bounded by them: one statement each."""
+        if not shown:
+            return []
+        store = self._store
+        counts, lanes = _group_counts(await store.job_counts_by_account(shown))
+        # The tokens read to choose these accounts are the ones shown: the reasons agree.
+        tokens: dict[str, TokenStatus] = {a: troubles[a] for a in shown if a in troubles}
+        tokens |= {
+            t.account_id: t
+            for t in await store.token_statuses([a for a in shown if a not in tokens])
+        }
+        errors = await store.last_errors_of(shown)
+        shards: Mapping[str, Mapping[str, Any]] = live.get("shards", {})
+        return [
+            self._entry(
+                account_id,
+                None if account_id in retired else self._config.account(account_id),
+                shard=shards.get(account_id, {}),
+                token=tokens.get(account_id),
+                refreshes=refreshes.get(account_id, {}),
+                queues=lanes.get(account_id, {}),
+                jobs=counts.get(account_id, {}),
+                error=errors.get(account_id),
+                now=now,
+            )
+            for account_id in shown
+        ]
+
+    def _entry(
+        self,
+        account_id: str,
+        acct: AccountSettings | None,
+        *,
+        shard: Mapping[str, Any],
+        token: TokenStatus | None,
+        refreshes: Mapping[str, int],
+        queues: dict[str, int],
+        jobs: dict[str, int],
+        error: LastError | None,
+        now: float,
+    ) -> dict[str, Any]:
+        """One account's row of the dashboard; ``acct`` None: retired (removed from the file
+        by a reload, its jobs kept in the store and shown)."""
+        error_json = (
+            {
+                "code": error.code,
+                "message": error.message,
+                "job": error.job_id,
+                "at": iso(error.at),
+                "age": round(now - error.at),
+            }
+            if error
+            else None
+        )
+        if acct is None:
+            return {
+                "id": account_id,
+                "state": "retired",
+                "token": _token_json(token, now),
+                "breaker": None,
+                "cap": None,
+                "queues": queues,
+                "jobs": jobs,
+                "last_error": error_json,
+                "attention": attention_reasons(state="retired", error=error, now=now),
+            }
+        paused = shard.get("paused", False)
+        state = account_state(
+            enabled=acct.enabled, paused=paused, token_state=token.state if token else None
+        )
+        return {
+            "id": account_id,
+            "state": state,
+            "display_name": acct.display_name,
+            "enabled": acct.enabled,
+            "region": acct.region,
+            "tags": list(acct.tags),
+            "token": _token_json(token, now) | {"refreshes": dict(refreshes)},
+            "current_job": shard.get("current_job"),
+            "paused": paused,
+            "breaker": shard.get("breaker"),
+            "breaker_retry_at": iso(shard.get("breaker_retry_at")),
+            "cap": shard.get("cap"),
+            "queues": queues,
+            "jobs": jobs,
+            "last_error": error_json,
+            "attention": attention_reasons(
+                state=state,
+                paused=paused,
+                shard=shard,
+                token=token_trouble(token, now, self._config.tiktok.refresh_margin)
+                if acct.enabled
+                else None,
+                error=error,
+                now=now,
+            ),
+        }
+
+    async def _document(self, now: float, view: str, board: _Board) -> dict[str, Any]:
+        store, live = self._store, board.live
         attention = (
             [
                 {
@@ -663,7 +898,7 @@ class ControlApi:
                     "since": iso(j.updated_at),
                 }
                 for state in (JobState.UNCERTAIN, JobState.REVIEW)
-                for j in await self._store.list_jobs(state=state.value, limit=20)
+                for j in await store.list_jobs(state=state.value, limit=20)
             ]
             + [
                 {
@@ -673,7 +908,7 @@ class ControlApi:
                     "code": f"processing since {iso(j.processing_since)}",
                     "since": iso(j.stuck_at),
                 }
-                for j in await self._store.stuck_posts()
+                for j in await store.stuck_posts()
             ]
             + [
                 {
@@ -682,13 +917,13 @@ class ControlApi:
                     "code": t.last_error,
                     "since": iso(t.updated_at),
                 }
-                for t in tokens.values()
-                if t.state in ("needs_reauth", "exhausted") or t.last_error == "refresh_lost"
+                for t in board.token_troubles
+                if t.state in PARKED or t.last_error == "refresh_lost"
             ]
         )
         unknown_codes = [
             {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}
-            for u in await self._store.unknown_codes()
+            for u in await store.unknown_codes()
         ]
         return {
             "daemon": {
@@ -703,16 +938,134 @@ class ControlApi:
                 "draining": bool(live.get("draining", False)),
                 "reload": _reload_json(live.get("reload")),
             },
-            "accounts": accounts,
-            "unconfigured_accounts_with_jobs": unknown,
-            "retired": retired,
+            "accounts_view": view,
+            "account_count": board.account_count,
+            "account_states": board.account_states,
+            "attention_count": board.attention_count,
+            "accounts": board.accounts,
+            "unconfigured_accounts_with_jobs": board.unknown,
+            "retired": dict(live.get("retired") or {}),
             "needs_attention": attention,
             "alerts": [
                 {**a, "at": iso(a.get("at")), "since": iso(a.get("since"))}
                 for a in live.get("alerts", [])
             ],
             "unknown_codes": unknown_codes,
-            "totals": totals,
-            "unassigned_pool_jobs": sum(counts.get("", {}).values()),
-            "open": sum(n for s, n in totals.items() if JobState(s) not in TERMINAL),
+            "totals": board.totals,
+            "unassigned_pool_jobs": board.unassigned,
+            "open": sum(n for s, n in board.totals.items() if JobState(s) not in TERMINAL),
         }
+
+    async def _refresh_counts(self) -> dict[str, dict[str, int]]:
+        """Refresh outcomes per account, kept current from the history rows added since the
+        last status (they never change) rather than counted again at every request: an
+        account refreshes about twelve times a day, so a month of 10,000 accounts is 3.6
+        million rows."""
+        async with self._refresh_lock:
+            new, self._history_seen = await self._store.token_outcomes_after(self._history_seen)
+            for account_id, outcome, n in new:
+                counts = self._refreshes.setdefault(account_id, {})
+                counts[outcome] = counts.get(outcome, 0) + n
+        return self._refreshes
+
+    async def _unconfigured_accounts(self) -> set[str]:
+        """Accounts with jobs that the accounts file does not list. Jobs only ever go to
+        configured accounts (a submission is checked, the router picks among them), so this
+        changes only when a reload changes the file or a purge deletes jobs; it is read once
+        and kept until then, not found by reading every job at every status."""
+        if self._unconfigured is None:
+            generation = self._generation
+            found = await self._store.job_account_ids() - {""}
+            if generation != self._generation:  # a reload or purge meanwhile: read again
+                return await self._unconfigured_accounts()
+            self._unconfigured = found - self._configured
+        return self._unconfigured
+
+    def _position(self, account_id: str) -> tuple[int, str]:
+        """Where an account comes in the table: the file's order, then retired ones by id."""
+        return self._order.get(account_id, len(self._order)), account_id
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Board:
+    """What a view found, before it becomes the document."""
+
+    live: Mapping[str, Any]
+    accounts: list[dict[str, Any]]
+    account_count: int
+    account_states: dict[str, int]
+    attention_count: int
+    totals: dict[str, int]
+    unassigned: int
+    unknown: list[str]
+    token_troubles: list[TokenStatus]
+
+
+def _group_counts(
+    rows: list[tuple[str, str, str, int]],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(account, state, lane, n) rows -> jobs per account and state, and waiting jobs
+    (queued or retry_wait) per account and lane."""
+    counts: dict[str, dict[str, int]] = {}
+    lanes: dict[str, dict[str, int]] = {}
+    for account_id, state, lane, n in rows:
+        by_state = counts.setdefault(account_id, {})
+        by_state[state] = by_state.get(state, 0) + n
+        if state in WAITING:
+            by_lane = lanes.setdefault(account_id, {})
+            by_lane[lane] = by_lane.get(lane, 0) + n
+    return counts, lanes
+
+
+def token_trouble(token: TokenStatus | None, now: float, margin: float) -> str | None:
+    """Why an account's tokens need an operator, or None.
+
+    An access token is late when less than half of the margin its refresh was due at is
+    left (the refresher's own rule: the configured margin, at most a quarter of the
+    token's lifetime): a healthy account never gets there.
+    """
+    if token is None:
+        return "no token"
+    if token.state in PARKED:
+        return f"token {token.state}"
+    if token.last_error:
+        return f"token refresh failed ({token.last_error})"
+    if token.access_expires_at is not None:
+        issued = token.access_issued_at or token.updated_at
+        lead = effective_margin(max(0.0, token.access_expires_at - issued), margin)
+        if token.access_expires_at - now < lead / 2:
+            return "token expired" if token.access_expires_at <= now else "token expiring"
+    if (
+        token.refresh_expires_at is not None
+        and token.refresh_expires_at - now < REFRESH_EXPIRY_WARNING
+    ):
+        return "refresh token expiring"
+    return None
+
+
+def attention_reasons(
+    *,
+    state: str,
+    error: LastError | None,
+    now: float,
+    paused: bool = False,
+    shard: Mapping[str, Any] | None = None,
+    token: str | None = None,
+) -> list[str]:
+    """Why an operator should look at an account: empty for a healthy one. The attention
+    view lists exactly the accounts for which this is not empty."""
+    reasons = [] if state == "active" else [state]
+    if paused and state != "paused":
+        reasons.append("paused")
+    shard = shard or {}
+    breaker = shard.get("breaker")
+    if breaker and breaker != "closed":
+        reasons.append(f"breaker {breaker}")
+    cap = shard.get("cap")
+    if cap and (cap["used"] >= cap["limit"] or (cap.get("blocked_until") or 0) > now):
+        reasons.append("daily cap spent")
+    if token:
+        reasons.append(token)
+    if error is not None and error.at > now - RECENT_ERROR:
+        reasons.append("error in the last hour")
+    return reasons

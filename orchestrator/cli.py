@@ -312,15 +312,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
+
+        def fetch() -> dict[str, Any]:
+            return client.status(accounts="all" if args.all else None, account=args.account)
+
         if args.watch is None:
-            status = client.status()
+            status = fetch()
             _print_json(status) if args.json else print(status_view(status))
             return 0
         if args.json:  # JSON Lines: one document a frame, nothing else, for scripts
-            return watch(
-                client.status, _json_line, interval=args.watch, count=args.count, lines=True
-            )
-        return watch(client.status, status_view, interval=args.watch, count=args.count)
+            return watch(fetch, _json_line, interval=args.watch, count=args.count, lines=True)
+        return watch(fetch, status_view, interval=args.watch, count=args.count)
 
 
 def _json_line(status: dict[str, Any]) -> str:
@@ -481,7 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code")
     p = command("cancel", cmd_cancel, "cancel a job that has not reached TikTok")
     p.add_argument("id")
-    p = command("status", cmd_status, "the dashboard: accounts, queues, alerts, totals")
+    p = command(
+        "status",
+        cmd_status,
+        "the dashboard: accounts, queues, alerts, totals (above 100 accounts, only the "
+        "accounts that need attention; --all lists every one)",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="list every account")
+    which.add_argument("--account", metavar="ID", help="show this one account")
     p.add_argument(
         "--json", action="store_true", help="the whole document (with --watch: one a line)"
     )

@@ -86,8 +86,11 @@ class DaemonClient:
             raise RequestRefused(response.status_code, "http_error", response.text[:200])
         return response.status_code, body
 
-    def status(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/status")[1]  # type: ignore[no-any-return]
+    def status(self, *, accounts: str | None = None, account: str | None = None) -> dict[str, Any]:
+        """The dashboard. ``accounts``: all, attention or none (the daemon's default: all up
+        to 100 accounts, attention above); ``account``: that one account only."""
+        params = {k: v for k, v in (("accounts", accounts), ("account", account)) if v}
+        return self.request("GET", "/v1/status", params=params)[1]  # type: ignore[no-any-return]
 
     def reload(self) -> dict[str, Any]:
         """Ask the daemon to read its accounts file again (RequestRefused invalid_config if

@@ -133,11 +133,24 @@ class Daemon:
             self._budgets[account_id] = AccountBudgets(self.clock)
         return self._budgets[account_id]
 
-    def statistics(self) -> dict[str, Any]:
-        return {
+    def statistics(
+        self, accounts: list[str] | None = None, *, troubled: bool = False
+    ) -> dict[str, Any]:
+        """The live half of the status API. ``accounts``: the shards described in full (None:
+        every one; a full description costs about 7 us a shard, which 10,000 shards turn into
+        a stalled loop). ``troubled``: also name every account whose shard needs an operator
+        (paused, breaker not closed, daily cap spent), from a cheap look at each shard, and
+        describe those shards too, so a status can pick whom to show without describing
+        everyone."""
+        if accounts is None:
+            shards = self.shards
+        else:
+            shards = {a: s for a in accounts if (s := self.shards.get(a)) is not None}
+        described = {a: s.statistics() for a, s in shards.items()}
+        out: dict[str, Any] = {
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "shards": {a: s.statistics() for a, s in self.shards.items()},
+            "shards": described,
             "alerts": self.alerts.listing() if self.alerts else [],
             "app_paused_until": self.guard.blocked_until(self.clock.now()),
             "app_paused_reason": self.guard.reason,
@@ -145,6 +158,26 @@ class Daemon:
             "retired": dict(self.retired),
             "draining": self.draining,
         }
+        if troubled:
+            now, closed = self.clock.now(), BreakerState.CLOSED
+            found: dict[str, list[str]] = {}
+            for account_id, shard in self.shards.items():
+                paused, breaker = shard.paused, shard.breaker.state
+                spent = shard.headroom(now) <= 0
+                if paused or breaker is not closed or spent:
+                    found[account_id] = [
+                        why
+                        for why, yes in (
+                            ("paused", paused),
+                            (f"breaker {breaker.value}", breaker is not closed),
+                            ("daily cap spent", spent),
+                        )
+                        if yes
+                    ]
+            out["troubled"] = found
+            for account_id in found.keys() - described.keys():
+                described[account_id] = self.shards[account_id].statistics()
+        return out
 
     def _verdict(self, account_id: str, failed: bool) -> None:
         self.error_rates.record(account_id, failed=failed, now=self.clock.now())

@@ -37,7 +37,21 @@ def status_view(status: dict[str, Any]) -> str:
     Reads keys with ``.get()`` so that it renders what an older daemon returns, too.
     """
     lines = _daemon_lines(status)
-    lines += ["", accounts_table(status.get("accounts", [])), ""]
+    accounts = status.get("accounts", [])
+    view = status.get("accounts_view", "all")
+    if "account_states" in status:
+        lines.append(accounts_line(status))
+    if not accounts and view == "attention":
+        table_text = "no account needs attention"
+    elif view == "none":
+        table_text = "accounts not listed (--all lists them)"
+    else:
+        table_text = accounts_table(accounts)
+    lines += ["", table_text]
+    hidden = status.get("account_count", len(accounts)) - len(accounts)
+    if view == "attention" and hidden > 0:
+        lines.append(f"{hidden:,} more accounts are healthy; --all lists them")
+    lines.append("")
     alerts = status.get("alerts", [])
     for alert in alerts:
         lines.append(f"ALERT ({alert['severity']}) since {alert['since']}: {alert['message']}")
@@ -117,6 +131,20 @@ def reload_summary(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def accounts_line(status: dict[str, Any]) -> str:
+    """How many accounts there are, by state, and how many need attention: the summary that
+    stands in for the table when there are too many accounts to list."""
+    states = status.get("account_states") or {}
+    order = ("active", "paused", "parked", "disabled", "retired")
+    ranked = sorted(states.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)
+    parts = ", ".join(f"{n:,} {state}" for state, n in ranked if n)
+    need = status.get("attention_count", 0)
+    line = f"accounts: {status.get('account_count', 0):,}" + (f" ({parts})" if parts else "")
+    if not need:
+        return line + "; none needs attention"
+    return line + f"; {need:,} {'needs' if need == 1 else 'need'} attention"
+
+
 ACCOUNT_COLUMNS = (
     "ACCOUNT",
     "STATE",
@@ -131,6 +159,7 @@ ACCOUNT_COLUMNS = (
     "DEAD",
     "PUBLISHED",
     "LAST ERROR",
+    "ATTENTION",
 )
 
 
@@ -164,6 +193,7 @@ def _account_row(a: dict[str, Any]) -> tuple[Any, ...]:
         jobs.get("dead", 0),
         jobs.get("published", 0),
         last_error_text(a.get("last_error")),
+        ", ".join(a.get("attention") or []) or "-",
     )
 
 

@@ -180,4 +180,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN pool TEXT;
     CREATE INDEX jobs_by_pool ON jobs (pool, state) WHERE pool IS NOT NULL;
     """,
+    # 9: failed attempts, found without reading every attempt: an account's last error and
+    # the errors of the last hour (the status dashboard), and failures by code (/metrics).
+    # Partial, so the attempts that succeed (nearly all of them) cost no index entry.
+    """
+    CREATE INDEX attempts_errors_by_account ON attempts (account_id, finished_at)
+        WHERE error_code IS NOT NULL;
+    CREATE INDEX attempts_errors_by_time ON attempts (finished_at) WHERE error_code IS NOT NULL;
+    CREATE INDEX attempts_failed_by_code ON attempts (error_code, error_class)
+        WHERE outcome <> 'ok';
+    """,
 )

@@ -978,6 +978,87 @@ class Store:
             for r in rows
         }
 
+    # -- the dashboard at 10,000 accounts: reads bounded by the accounts shown or by time ---
+    # ``accounts`` lists are passed as one JSON array and read with json_each, so a page of
+    # accounts is one statement with one index seek per account, never one query each.
+
+    async def job_counts_by_account(
+        self, accounts: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str, int]]:
+        """(account, state, lane, jobs) for ``accounts`` (None: every account), in one pass
+        over the ``jobs_by_account`` index: the job counts and the waiting lanes together."""
+        if accounts is None:
+            rows = await self._fetchall(
+                "SELECT account_id, state, lane, COUNT(*) FROM jobs "
+                "GROUP BY account_id, state, lane"
+            )
+        else:
+            rows = await self._fetchall(
+                "SELECT account_id, state, lane, COUNT(*) FROM jobs "
+                "WHERE account_id IN (SELECT value FROM json_each(?)) "
+                "GROUP BY account_id, state, lane",
+                (json.dumps(list(accounts)),),
+            )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def job_account_ids(self) -> set[str]:
+        """Every account that has a job, in any state (pool jobs not yet placed: "")."""
+        return {r[0] for r in await self._fetchall("SELECT DISTINCT account_id FROM jobs")}
+
+    async def token_statuses(self, accounts: Sequence[str] | None = None) -> list[TokenStatus]:
+        """What may be shown of the tokens of ``accounts`` (None: all): no token column."""
+        if accounts is None:
+            rows = await self._fetchall(f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens")
+        else:
+            rows = await self._fetchall(
+                f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens "
+                "WHERE account_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(accounts)),),
+            )
+        return [_token_status_from_row(r) for r in rows]
+
+    async def token_troubles(
+        self, *, access_before: float, refresh_before: float
+    ) -> list[TokenStatus]:
+        """Tokens that may need an operator: not plainly valid, a failed or lost refresh on
+        record, or an access token expiring before ``access_before`` (the caller decides,
+        with the token's own refresh margin, which of those are late), or a refresh token
+        expiring before ``refresh_before``. At 10,000 healthy accounts this returns nothing."""
+        rows = await self._fetchall(
+            f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens WHERE state <> 'valid' "
+            "OR last_error IS NOT NULL OR access_expires_at < ? OR refresh_expires_at < ?",
+            (access_before, refresh_before),
+        )
+        return [_token_status_from_row(r) for r in rows]
+
+    async def token_account_ids(self) -> set[str]:
+        """The accounts that have tokens (the rest show as ``missing``)."""
+        return {r[0] for r in await self._fetchall("SELECT account_id FROM tokens")}
+
+    async def errors_since(self, since: float) -> dict[str, LastError]:
+        """Each account's most recent failed attempt that finished after ``since``; a range
+        of the ``attempts_errors_by_time`` index. (``end_attempt`` writes ``error_code``
+        together with ``finished_at``, so a failed attempt always has both.)"""
+        rows = await self._fetchall(
+            "SELECT account_id, error_code, error_message, job_id, MAX(finished_at) AS at "
+            "FROM attempts WHERE error_code IS NOT NULL AND finished_at > ? "
+            "GROUP BY account_id",
+            (since,),
+        )
+        return {r["account_id"]: _last_error_from_row(r) for r in rows}
+
+    async def last_errors_of(self, accounts: Sequence[str]) -> dict[str, LastError]:
+        """The most recent failed attempt of each of ``accounts``, however old: one seek per
+        account into ``attempts_errors_by_account``."""
+        rows = await self._fetchall(
+            "SELECT a.account_id, a.error_code, a.error_message, a.job_id, a.finished_at AS at "
+            "FROM json_each(?) AS j JOIN attempts AS a ON a.id = ("
+            "  SELECT id FROM attempts WHERE account_id = j.value AND error_code IS NOT NULL "
+            "  ORDER BY finished_at DESC, id DESC LIMIT 1)",
+            (json.dumps(list(accounts)),),
+        )
+        return {r["account_id"]: _last_error_from_row(r) for r in rows}
+
 
 async def _submit_in(conn: aiosqlite.Connection, job: Job, payload_sha256: str) -> tuple[str, Job]:
     async with conn.execute(
@@ -1051,4 +1132,51 @@ async def _insert_event(
         "INSERT INTO events (job_id, at, from_state, to_state, action, detail) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (job_id, at, from_state, to_state, action, json.dumps(detail, sort_keys=True)),
+    )
+
+
+# -- the dashboard's light rows ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenStatus:
+    """An account's tokens as the dashboard shows them: states and times, no token. Reading
+    only these columns keeps a 10,000-account status from loading every secret."""
+
+    account_id: str
+    open_id: str | None
+    scopes: frozenset[str]
+    state: str
+    access_expires_at: float | None
+    access_issued_at: float | None
+    refresh_expires_at: float | None
+    last_error: str | None
+    refresh_failures: int
+    updated_at: float
+
+
+_TOKEN_STATUS_COLUMNS = (
+    "account_id, open_id, scopes, state, access_expires_at, access_issued_at, "
+    "refresh_expires_at, last_error, refresh_failures, updated_at"
+)
+
+
+def _token_status_from_row(row: sqlite3.Row) -> TokenStatus:
+    return TokenStatus(
+        account_id=row[0],
+        open_id=row[1],
+        scopes=frozenset(s for s in row[2].split(",") if s),
+        state=row[3],
+        access_expires_at=row[4],
+        access_issued_at=row[5],
+        refresh_expires_at=row[6],
+        last_error=row[7],
+        refresh_failures=row[8],
+        updated_at=row[9],
+    )
+
+
+def _last_error_from_row(row: sqlite3.Row) -> LastError:
+    return LastError(
+        code=row["error_code"], message=row["error_message"], job_id=row["job_id"], at=row["at"]
     )

@@ -171,6 +171,9 @@ async def test_status_shows_each_accounts_lanes_and_last_error(
     assert uk["last_error"]["code"] == "spam_risk_user_banned_from_posting"
     assert uk["last_error"]["job"] == job["id"] and uk["last_error"]["age"] >= 0
     assert us["last_error"] is None
+    # Two accounts: the whole table by default; acme-uk's error needs attention.
+    assert document["accounts_view"] == "all" and document["account_count"] == 2
+    assert uk["attention"] == ["error in the last hour"] and us["attention"] == []
     assert cell(text, "acme-uk", "LAST ERROR").startswith("spam_risk_user_banned_from_posting ")
     assert cell(text, "acme-us", "LAST ERROR") == "-"
 
