@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -50,12 +49,11 @@ from .jobs import (
 from .limits import AccountBudgets, AppGuard
 from .logs import fields
 from .retries import JobFailed, local, settle
-from .store import StaleTransition, Store
-from .tiktok import TikTokClient
+from .store import AttemptEnd, StaleTransition, Store
+from .tiktok import CreatorInfo, TikTokClient
 from .tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 UPLOAD_URL_LIFETIME = 3600.0  # shared/TIKTOK_API.md §1.5
 CHUNK_TRIES = 5
@@ -65,6 +63,14 @@ CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video
 
 def content_type_for(path: str) -> str:
     return CONTENT_TYPES.get(Path(path).suffix.lower(), "video/mp4")
+
+
+def read_chunk(path: str, first: int, last: int) -> bytes:
+    """Bytes ``first``..``last`` of the video: open, seek, read and close in one worker-thread
+    hop (``anyio.open_file`` takes one hop for each of the four)."""
+    with open(path, "rb") as video:
+        video.seek(first)
+        return video.read(last - first + 1)
 
 
 def post_url(username: str | None, post_ids: tuple[str, ...]) -> str | None:
@@ -112,6 +118,11 @@ class Shard:
         self._saved_breaker = breaker.snapshot()
         self._rng = rng or _SHARED_RNG
         self._wakeup = anyio.Event()
+        # The account's state and recent inits, as last read from the store. The shard is
+        # their only writer while it runs, so it keeps them up to date itself and reads them
+        # again only after a wake (an operator's pause or resume, a reload, a submission),
+        # not before every job: two queries a job were a tenth of the daemon's CPU per post.
+        self._stale = True
         self.current_job: str | None = None
         self.paused = False
         # Set by stop(): finish the job in hand, take no other (a drain, a removed account).
@@ -122,6 +133,7 @@ class Shard:
         self._inits: list[float] = []
 
     def wake(self) -> None:
+        self._stale = True
         self._wakeup.set()
 
     def _halted(self) -> bool:
@@ -153,6 +165,7 @@ class Shard:
         }
 
     async def _load_state(self) -> None:
+        self._stale = False
         state = await self._store.account_state(self.account.id)
         self.paused = state.paused
         self._cap = CapState(
@@ -172,8 +185,9 @@ class Shard:
     async def _run(self) -> None:
         while not self.stopping:
             self._wakeup = anyio.Event()
-            # Read every round: an operator's pause or resume is a write to the store + a wake.
-            await self._load_state()
+            # An operator's pause or resume is a write to the store, then a wake.
+            if self._stale:
+                await self._load_state()
             if self.paused:
                 await self._wakeup.wait()
                 continue
@@ -229,15 +243,12 @@ class Shard:
         snapshot = self.breaker.snapshot()
         if snapshot == self._saved_breaker:
             return
-        state = await self._store.account_state(self.account.id)
-        await self._store.save_account_state(
-            replace(
-                state,
-                breaker_state=snapshot.state.value,
-                breaker_failures=snapshot.fail_count,
-                breaker_opened_at=snapshot.opened_at,
-            ),
+        await self._store.update_account_state(
+            self.account.id,
             self._clock.now(),
+            breaker_state=snapshot.state.value,
+            breaker_failures=snapshot.fail_count,
+            breaker_opened_at=snapshot.opened_at,
         )
         self._saved_breaker = snapshot
 
@@ -296,14 +307,11 @@ class Shard:
         """TikTok says the creator's daily cap is spent: learn it; returns the wait."""
         now = self._clock.now()
         self._cap = learn_from_rejection(self._cap, self._inits, now)
-        state = await self._store.account_state(self.account.id)
-        await self._store.save_account_state(
-            replace(
-                state,
-                learned_cap=self._cap.learned_limit,
-                blocked_until=self._cap.blocked_until,
-            ),
+        await self._store.update_account_state(
+            self.account.id,
             now,
+            learned_cap=self._cap.learned_limit,
+            blocked_until=self._cap.blocked_until,
         )
         log.warning(
             "%s: TikTok says the daily cap is spent (%d posts counted); waiting until %s",
@@ -339,23 +347,31 @@ class Shard:
     # -- dispatch: creator_info, init -------------------------------------------------------
 
     async def _dispatch(self, job: Job) -> None:
-        now = self._clock.now()
-        job = await self._store.transition(
+        needed = SCOPE_FOR_MODE[job.mode]
+        scopes = await self._tokens.scopes(job.account_id)
+        missing = bool(scopes) and needed not in scopes
+        direct = job.mode is Mode.DIRECT and not missing
+        token = ""
+        if direct:
+            # Waits that can be long happen while the job is still queued, where an operator
+            # may cancel it or the router move it, not while it is marked as being sent.
+            await self._budgets.acquire("creator_info")
+            token = await self._tokens.access_token(job.account_id)
+        job, attempt = await self._store.transition_begin(
             job.id,
             expect=[JobState.QUEUED, JobState.RETRY_WAIT],
             to=JobState.DISPATCHING,
-            now=now,
+            now=self._clock.now(),
             action="job.dispatching",
             attempt_count=job.attempt_count + 1,
+            begin="creator_info" if direct else None,
         )
         log.info(
             "dispatching %s",
             job.id,
             extra=fields("job.dispatching", job=job.id, account=job.account_id),
         )
-        needed = SCOPE_FOR_MODE[job.mode]
-        scopes = await self._tokens.scopes(job.account_id)
-        if scopes and needed not in scopes:
+        if missing:
             raise JobFailed(
                 local("scope_not_granted"),
                 f"the creator has not granted {needed}; ask them to authorize it",
@@ -367,11 +383,13 @@ class Shard:
                 post_info[key] = bool(job.options[key])
         post_info.setdefault("brand_content_toggle", False)
         username = None
-        if job.mode is Mode.DIRECT:
-            await self._budgets.acquire("creator_info")
-            info = await self._call(job, "creator_info", self._client.creator_info)
+        done = None
+        if direct:
+            assert attempt is not None
+            info, done = await self._creator_info(job, token, attempt)
             username = info.username
             if privacy not in info.privacy_level_options:
+                await self._store.end_attempt(done.id, now=done.at)
                 raise JobFailed(
                     local("privacy_level_option_mismatch"),
                     f"privacy level {privacy} is not offered by this creator "
@@ -379,29 +397,68 @@ class Shard:
                 )
         plan = plan_chunks(job.video_size, self._chunk_size) if job.video_size else None
         await self._budgets.acquire("init")
-        await self._init(job, post_info, plan, username)
+        await self._init(job, post_info, plan, username, done)
+
+    async def _creator_info(
+        self, job: Job, token: str, attempt: int
+    ) -> tuple[CreatorInfo, AttemptEnd]:
+        """creator_info (no side effect at TikTok) under the attempt the dispatch opened,
+        tried once more after a 401. A success's end is returned, not written: it goes into
+        the init's intent, one transaction for both."""
+        for retry_after_refresh in (False, True):
+            try:
+                info = await self._client.creator_info(token)
+            except TikTokError as exc:
+                await self._end_failed(attempt, exc)
+                if exc.code == "access_token_invalid" and not retry_after_refresh:
+                    await self._tokens.refresh(job.account_id, stale=token)
+                    token = await self._tokens.access_token(job.account_id)
+                    attempt = await self._store.begin_attempt(
+                        job_id=job.id,
+                        account_id=job.account_id,
+                        step="creator_info",
+                        now=self._clock.now(),
+                    )
+                    continue
+                raise JobFailed(classify_error(exc), exc.message, hint=exc.retry_after) from exc
+            return info, AttemptEnd(id=attempt, at=self._clock.now())
+        raise AssertionError("unreachable")
 
     async def _init(
-        self, job: Job, post_info: dict[str, Any], plan: ChunkPlan | None, username: str | None
+        self,
+        job: Job,
+        post_info: dict[str, Any],
+        plan: ChunkPlan | None,
+        username: str | None,
+        done: AttemptEnd | None,
     ) -> None:
+        """``done``: the creator_info attempt that ended, still to be written."""
         for retry_after_refresh in (False, True):
-            token = await self._tokens.access_token(job.account_id)
+            try:
+                token = await self._tokens.access_token(job.account_id)
+            except TokenError:
+                if done is not None:
+                    await self._store.end_attempt(done.id, now=done.at)
+                raise
             # The app-wide limiter first: the intent below must be the last thing before the
             # request leaves, not something a crash can catch while the init waits its turn.
             await self._client.pace()
             now = self._clock.now()
-            # Intent, durably, before the request leaves: from here on a post may exist.
-            await self._store.transition(
+            # Intent, durably, before the request leaves: from here on a post may exist. The
+            # init's attempt opens in the same transaction.
+            job, opened = await self._store.transition_begin(
                 job.id,
                 expect=[JobState.DISPATCHING],
                 to=JobState.DISPATCHING,
                 now=now,
                 action="job.init_sent",
+                begin="init",
+                end=done,
                 init_sent_at=now,
             )
-            attempt = await self._store.begin_attempt(
-                job_id=job.id, account_id=job.account_id, step="init", now=now
-            )
+            done = None
+            assert opened is not None
+            attempt = opened
             try:
                 result = await self._client.init_video(
                     token,
@@ -417,6 +474,9 @@ class Shard:
             except TikTokTransportError as exc:
                 await self._end_failed(attempt, exc, outcome="unknown")
                 if exc.maybe_acted:
+                    if job.mode is Mode.DIRECT:
+                        # TikTok counts an init it took whether or not we heard the answer.
+                        self._inits.append(now)
                     raise JobFailed(
                         local("init_outcome_unknown"),
                         f"the init was sent but no answer came ({exc.message}); the video "
@@ -438,13 +498,18 @@ class Shard:
             break
         now = self._clock.now()
         to = JobState.UPLOADING if job.source is Source.FILE_UPLOAD else JobState.PROCESSING
-        job = await self._store.transition(
+        # The publish_id, the init's attempt, its count against the daily cap and the
+        # upload's attempt: one transaction, right after the answer.
+        job, upload_attempt = await self._store.transition_begin(
             job.id,
             expect=[JobState.DISPATCHING],
             to=to,
             now=now,
             action="job.init_accepted",
             detail={"publish_id": result.publish_id},
+            begin="upload" if to is JobState.UPLOADING else None,
+            end=AttemptEnd(id=attempt, at=now),
+            init_accepted=job.mode is Mode.DIRECT,
             publish_id=result.publish_id,
             upload_url=result.upload_url,
             upload_expires_at=now + UPLOAD_URL_LIFETIME,
@@ -454,10 +519,8 @@ class Shard:
             **(entering_processing(now) if to is JobState.PROCESSING else {}),
             options={**job.options, "creator_username": username} if username else job.options,
         )
-        await self._store.end_attempt(attempt, now=now)
         if job.mode is Mode.DIRECT:
             self._inits.append(now)
-            await self._store.record_init(job.account_id, now, result.publish_id)
         log.info(
             "TikTok accepted the init of %s",
             job.id,
@@ -469,28 +532,9 @@ class Shard:
             ),
         )
         if to is JobState.UPLOADING:
-            await self._upload(job)
+            await self._upload(job, upload_attempt)
         else:
             self._on_processing()
-
-    async def _call(self, job: Job, step: str, call: Callable[[str], Awaitable[T]]) -> T:
-        """A call that has no side effect at TikTok: recorded, and retried once after a 401."""
-        for retry_after_refresh in (False, True):
-            token = await self._tokens.access_token(job.account_id)
-            attempt = await self._store.begin_attempt(
-                job_id=job.id, account_id=job.account_id, step=step, now=self._clock.now()
-            )
-            try:
-                result = await call(token)
-            except TikTokError as exc:
-                await self._end_failed(attempt, exc)
-                if exc.code == "access_token_invalid" and not retry_after_refresh:
-                    await self._tokens.refresh(job.account_id, stale=token)
-                    continue
-                raise JobFailed(classify_error(exc), exc.message, hint=exc.retry_after) from exc
-            await self._store.end_attempt(attempt, now=self._clock.now())
-            return result
-        raise AssertionError("unreachable")
 
     async def _end_failed(self, attempt: int, exc: TikTokError, outcome: str = "") -> None:
         c = classify_error(exc)
@@ -505,63 +549,63 @@ class Shard:
 
     # -- upload -----------------------------------------------------------------------------
 
-    async def _upload(self, job: Job) -> None:
+    async def _upload(self, job: Job, attempt: int | None = None) -> None:
+        """``attempt``: the upload's attempt, when the init's transaction opened it."""
         assert job.video_path and job.video_size and job.upload_url
         assert job.chunk_size and job.chunk_count
         plan = ChunkPlan(
             chunk_size=job.chunk_size, chunk_count=job.chunk_count, video_size=job.video_size
         )
-        attempt = await self._store.begin_attempt(
-            job_id=job.id, account_id=job.account_id, step="upload", now=self._clock.now()
-        )
+        if attempt is None:
+            attempt = await self._store.begin_attempt(
+                job_id=job.id, account_id=job.account_id, step="upload", now=self._clock.now()
+            )
         offset, failures = job.uploaded_bytes, 0
         last_error: TikTokError | None = None
         content_type = content_type_for(job.video_path)
-        async with await anyio.open_file(job.video_path, "rb") as video:
-            while True:
-                if (
-                    offset >= plan.video_size
-                    or failures >= CHUNK_TRIES
-                    or self._clock.now() >= (job.upload_expires_at or 0)
-                ):
-                    # Bytes all sent but no 201 heard, the chunk keeps failing, or the URL
-                    # expired: TikTok's status says whether the upload completed.
-                    await self._settle_upload(job, attempt, offset, last_error)
+        while True:
+            if (
+                offset >= plan.video_size
+                or failures >= CHUNK_TRIES
+                or self._clock.now() >= (job.upload_expires_at or 0)
+            ):
+                # Bytes all sent but no 201 heard, the chunk keeps failing, or the URL
+                # expired: TikTok's status says whether the upload completed.
+                await self._settle_upload(job, attempt, offset, last_error)
+                return
+            first, last = plan.chunk_range(chunk_index_at(plan, offset))
+            chunk = await anyio.to_thread.run_sync(read_chunk, job.video_path, first, last)
+            try:
+                progress = await self._client.upload_chunk(
+                    job.upload_url,
+                    chunk,
+                    first=first,
+                    total=plan.video_size,
+                    content_type=content_type,
+                )
+            except TikTokApiError as exc:
+                last_error = exc
+                if exc.http_status in (403, 404):
+                    await self._end_failed(attempt, exc)
+                    await self._settle_upload(job, None, offset, exc)
                     return
-                first, last = plan.chunk_range(chunk_index_at(plan, offset))
-                await video.seek(first)
-                chunk = await video.read(last - first + 1)
-                try:
-                    progress = await self._client.upload_chunk(
-                        job.upload_url,
-                        chunk,
-                        first=first,
-                        total=plan.video_size,
-                        content_type=content_type,
-                    )
-                except TikTokApiError as exc:
-                    last_error = exc
-                    if exc.http_status in (403, 404):
-                        await self._end_failed(attempt, exc)
-                        await self._settle_upload(job, None, offset, exc)
-                        return
-                    failures += 1
-                    await self._chunk_backoff(job, exc, failures)
-                    continue
-                except TikTokTransportError as exc:
-                    last_error = exc
-                    failures += 1
-                    await self._chunk_backoff(job, exc, failures)
-                    continue
-                if progress.complete:
-                    await self._uploaded(job, attempt)
-                    return
-                if progress.out_of_order and progress.received is None:
-                    failures += 1
-                    continue
-                offset = progress.received if progress.received is not None else last + 1
-                failures = 0 if not progress.out_of_order else failures + 1
-                await self._store.checkpoint(job.id, self._clock.now(), uploaded_bytes=offset)
+                failures += 1
+                await self._chunk_backoff(job, exc, failures)
+                continue
+            except TikTokTransportError as exc:
+                last_error = exc
+                failures += 1
+                await self._chunk_backoff(job, exc, failures)
+                continue
+            if progress.complete:
+                await self._uploaded(job, attempt)
+                return
+            if progress.out_of_order and progress.received is None:
+                failures += 1
+                continue
+            offset = progress.received if progress.received is not None else last + 1
+            failures = 0 if not progress.out_of_order else failures + 1
+            await self._store.checkpoint(job.id, self._clock.now(), uploaded_bytes=offset)
 
     async def _chunk_backoff(self, job: Job, exc: TikTokError, failures: int) -> None:
         log.warning(
@@ -576,17 +620,16 @@ class Shard:
 
     async def _uploaded(self, job: Job, attempt: int | None) -> None:
         now = self._clock.now()
-        await self._store.transition(
+        await self._store.transition_begin(
             job.id,
             expect=[JobState.UPLOADING],
             to=JobState.PROCESSING,
             now=now,
             action="job.uploaded",
+            end=AttemptEnd(id=attempt, at=now) if attempt is not None else None,
             uploaded_bytes=job.video_size,
             **entering_processing(now),
         )
-        if attempt is not None:
-            await self._store.end_attempt(attempt, now=now)
         log.info(
             "uploaded %s",
             job.id,
@@ -651,7 +694,8 @@ class Shard:
         now = self._clock.now()
         await self._store.transition(
             job_id,
-            expect=[JobState.DISPATCHING],
+            # Queued or waiting to retry: the token is asked for before the job is dispatched.
+            expect=[JobState.DISPATCHING, JobState.QUEUED, JobState.RETRY_WAIT],
             to=JobState.QUEUED,
             now=now,
             action="job.waiting_for_token",

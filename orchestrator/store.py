@@ -59,6 +59,19 @@ class Attempt:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptEnd:
+    """How a call ended, for ``end_attempt`` or to be written by the transition it leads to
+    (one transaction instead of two: bench/results/overhead.json)."""
+
+    id: int
+    at: float
+    error: TikTokError | None = None
+    outcome: str = ""
+    error_class: str | None = None
+    known: bool | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UnknownCode:
     code: str
     count: int
@@ -135,6 +148,7 @@ class SubmitOutcome:
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"id"}
+_ACCOUNT_STATE_COLUMNS = frozenset(AccountState.__dataclass_fields__) - {"account_id"}
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
@@ -447,18 +461,16 @@ class Store:
         """The account's next piece of work: an interrupted upload first, then the due queue.
 
         New submissions go before retries (two lanes), so a flood of retries never starves them.
+        One statement (one hop to the database thread): the account's few open jobs are read
+        through ``jobs_by_account`` either way.
         """
         row = await self._fetchone(
-            "SELECT * FROM jobs WHERE account_id = ? AND state = 'uploading' "
-            "ORDER BY updated_at LIMIT 1",
-            (account_id,),
+            "SELECT * FROM jobs WHERE account_id = ? AND (state = 'uploading' "
+            "OR (state IN ('queued', 'retry_wait') AND not_before <= ?)) "
+            "ORDER BY state <> 'uploading', CASE state WHEN 'uploading' THEN updated_at END, "
+            "lane = 'retry', not_before, created_at LIMIT 1",
+            (account_id, now),
         )
-        if row is None:
-            row = await self._fetchone(
-                "SELECT * FROM jobs WHERE account_id = ? AND state IN ('queued', 'retry_wait') "
-                "AND not_before <= ? ORDER BY lane = 'retry', not_before, created_at LIMIT 1",
-                (account_id, now),
-            )
         return _job_from_row(row) if row else None
 
     async def next_due_time(self, account_id: str) -> float | None:
@@ -535,6 +547,30 @@ class Store:
         **fields: Any,
     ) -> Job:
         """Move a job between states (compare-and-set) and write the event, atomically."""
+        job, _ = await self.transition_begin(
+            job_id, expect=expect, to=to, now=now, action=action, detail=detail, **fields
+        )
+        return job
+
+    async def transition_begin(
+        self,
+        job_id: str,
+        *,
+        expect: Iterable[JobState],
+        to: JobState,
+        now: float,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        begin: str | None = None,
+        end: AttemptEnd | None = None,
+        init_accepted: bool = False,
+        **fields: Any,
+    ) -> tuple[Job, int | None]:
+        """``transition``, with the attempts it accompanies in the same transaction (one
+        commit instead of two or three; bench/results/overhead.json), so a crash cannot
+        separate them: ``end``, the attempt this transition concludes; ``begin``, a step
+        whose attempt opens at ``now`` (its id is returned); ``init_accepted``, count the
+        job's init (its ``publish_id``) against the daily cap."""
         expected = tuple(expect)
         unknown = set(fields) - _JOB_FIELDS
         if unknown:
@@ -545,7 +581,7 @@ class Store:
         assignments = ", ".join(f"{name} = ?" for name in values)
         marks = ", ".join("?" for _ in expected)
 
-        async def tx(conn: aiosqlite.Connection) -> Job:
+        async def tx(conn: aiosqlite.Connection) -> tuple[Job, int | None]:
             async with conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)) as cur:
                 before = await cur.fetchone()
             async with conn.execute(
@@ -558,7 +594,18 @@ class Store:
                     f"job {job_id} is not in {', '.join(s.value for s in expected)}"
                 )
             await _insert_event(conn, job_id, now, before[0], to, action, detail or {})
-            return _job_from_row(row)
+            job = _job_from_row(row)
+            if end is not None:
+                await _end_attempt_in(conn, end)
+            if init_accepted:
+                await conn.execute(
+                    "INSERT INTO inits (account_id, at, publish_id) VALUES (?, ?, ?)",
+                    (job.account_id, now, job.publish_id),
+                )
+            attempt = None
+            if begin is not None:
+                attempt = await _begin_attempt_in(conn, job.id, job.account_id, begin, now)
+            return job, attempt
 
         return await self._write(tx)
 
@@ -587,11 +634,7 @@ class Store:
         self, *, job_id: str | None, account_id: str, step: str, now: float
     ) -> int:
         async def tx(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
-                "INSERT INTO attempts (job_id, account_id, step, started_at) VALUES (?, ?, ?, ?)",
-                (job_id, account_id, step, now),
-            )
-            return int(cur.lastrowid or 0)
+            return await _begin_attempt_in(conn, job_id, account_id, step, now)
 
         return await self._write(tx)
 
@@ -606,27 +649,17 @@ class Store:
         known: bool | None = None,
     ) -> None:
         """Record how a call ended: TikTok's raw answer beside what we made of it."""
-        outcome = outcome or ("error" if error else "ok")
-        raw = (error.raw or "")[:RAW_LIMIT] if error else None
+        end = AttemptEnd(
+            id=attempt_id,
+            at=now,
+            error=error,
+            outcome=outcome,
+            error_class=error_class,
+            known=known,
+        )
 
         async def tx(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, "
-                "error_code = ?, error_message = ?, log_id = ?, raw = ?, error_class = ?, "
-                "known = ? WHERE id = ?",
-                (
-                    now,
-                    outcome,
-                    error.http_status if error else None,
-                    error.code if error else None,
-                    error.message if error else None,
-                    error.log_id if error else None,
-                    raw,
-                    error_class,
-                    None if known is None else int(known),
-                    attempt_id,
-                ),
-            )
+            await _end_attempt_in(conn, end)
 
         await self._write(tx)
 
@@ -747,15 +780,6 @@ class Store:
 
     # -- accounts: caps and pauses --------------------------------------------------------
 
-    async def record_init(self, account_id: str, at: float, publish_id: str) -> None:
-        async def tx(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO inits (account_id, at, publish_id) VALUES (?, ?, ?)",
-                (account_id, at, publish_id),
-            )
-
-        await self._write(tx)
-
     async def recent_inits(self, account_id: str, since: float) -> list[float]:
         """Direct-post inits TikTok may count against the daily cap: the accepted ones, and
         the ones whose answer never came (an uncertain job, or an accepted init a crash kept
@@ -785,6 +809,31 @@ class Store:
             breaker_failures=row["breaker_failures"],
             breaker_opened_at=row["breaker_opened_at"],
         )
+
+    async def update_account_state(self, account_id: str, now: float, **columns: Any) -> None:
+        """Write some of an account's run-time state, leaving the other columns as they are.
+
+        The shard owns the breaker and cap columns and the operator owns ``paused``; each
+        writes only its own, so neither needs to read the row first, and neither can put
+        back a value the other changed meanwhile (as a whole-row replace could).
+        """
+        unknown = set(columns) - _ACCOUNT_STATE_COLUMNS
+        if unknown:
+            raise ValueError(f"not account state columns: {sorted(unknown)}")
+        values = {k: int(v) if isinstance(v, bool) else v for k, v in columns.items()}
+        values["updated_at"] = now
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in values)
+
+        async def tx(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO account_state (account_id, {names}) VALUES (?, {marks}) "
+                f"ON CONFLICT (account_id) DO UPDATE SET {updates}",
+                (account_id, *values.values()),
+            )
+
+        await self._write(tx)
 
     async def save_account_state(self, state: AccountState, now: float) -> None:
         async def tx(conn: aiosqlite.Connection) -> None:
@@ -1117,6 +1166,39 @@ async def _save_token_in(
                 history.error_class,
             ),
         )
+
+
+async def _begin_attempt_in(
+    conn: aiosqlite.Connection, job_id: str | None, account_id: str, step: str, now: float
+) -> int:
+    cur = await conn.execute(
+        "INSERT INTO attempts (job_id, account_id, step, started_at) VALUES (?, ?, ?, ?)",
+        (job_id, account_id, step, now),
+    )
+    return int(cur.lastrowid or 0)
+
+
+async def _end_attempt_in(conn: aiosqlite.Connection, end: AttemptEnd) -> None:
+    error = end.error
+    outcome = end.outcome or ("error" if error else "ok")
+    raw = (error.raw or "")[:RAW_LIMIT] if error else None
+    await conn.execute(
+        "UPDATE attempts SET finished_at = ?, outcome = ?, http_status = ?, "
+        "error_code = ?, error_message = ?, log_id = ?, raw = ?, error_class = ?, "
+        "known = ? WHERE id = ?",
+        (
+            end.at,
+            outcome,
+            error.http_status if error else None,
+            error.code if error else None,
+            error.message if error else None,
+            error.log_id if error else None,
+            raw,
+            end.error_class,
+            None if end.known is None else int(end.known),
+            end.id,
+        ),
+    )
 
 
 async def _insert_event(
