@@ -156,8 +156,19 @@ def parse_submission(body: Any) -> Submission:
     )
 
 
+# A video up to this size is read whole: one read, hashed, and written only if the spool does
+# not hold it yet. Larger ones are copied and hashed block by block, in one pass.
+WHOLE_READ_MAX = 16 * 1024 * 1024
+BLOCK = 1 << 20
+
+
 def spool_video(source: Path, spool_dir: Path) -> tuple[Path, str, int]:
     """Copy a video into the spool under its SHA-256; returns (spooled path, hash, size).
+
+    The spool is content-addressed and its files are only ever created whole (written,
+    fsynced, renamed into place, the directory fsynced), so a file already there under the
+    same hash and size is this video: the same clip submitted again (to another account,
+    say) is hashed but not written and fsynced a second time.
 
     Blocking: run it in a worker thread. Raises ApiError for anything the submitter can fix.
     """
@@ -172,20 +183,10 @@ def spool_video(source: Path, spool_dir: Path) -> tuple[Path, str, int]:
         if size > MAX_VIDEO_BYTES:
             raise ApiError("video_too_large", f"{source} is over 4 GB", status=400)
         spool_dir.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix=".incoming-")
-        try:
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    dst.write(block)
-                dst.flush()
-                os.fsync(dst.fileno())
-            target = spool_dir / (digest.hexdigest() + source.suffix.lower())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        if size <= WHOLE_READ_MAX:
+            target, digest, size = _spool_whole(source, spool_dir)
+        else:
+            target, digest, size = _spool_blocks(source, spool_dir)
     except PermissionError:
         raise ApiError(
             "video_unreadable", f"the daemon cannot read {source} (permission denied)", status=400
@@ -194,7 +195,69 @@ def spool_video(source: Path, spool_dir: Path) -> tuple[Path, str, int]:
         raise ApiError(
             "video_unreadable", f"cannot read {source}: {exc.strerror}", status=400
         ) from exc
+    return target, digest, size
+
+
+def _spool_whole(source: Path, spool_dir: Path) -> tuple[Path, str, int]:
+    with open(source, "rb") as src:
+        data = src.read()
+    if not data:  # emptied since it was checked
+        raise ApiError("video_empty", f"{source} is empty", status=400)
+    digest = hashlib.sha256(data).hexdigest()
+    target = spool_dir / (digest + source.suffix.lower())
+    if not _spooled(target, len(data)):
+        fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            _publish(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+    return target, digest, len(data)
+
+
+def _spool_blocks(source: Path, spool_dir: Path) -> tuple[Path, str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix=".incoming-")
+    try:
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while block := src.read(BLOCK):
+                digest.update(block)
+                dst.write(block)
+                size += len(block)
+            target = spool_dir / (digest.hexdigest() + source.suffix.lower())
+            if _spooled(target, size):
+                Path(tmp_name).unlink()
+                return target, digest.hexdigest(), size
+            dst.flush()
+            os.fsync(dst.fileno())
+        _publish(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return target, digest.hexdigest(), size
+
+
+def _spooled(target: Path, size: int) -> bool:
+    try:
+        return target.stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
+def _publish(tmp_name: str, target: Path) -> None:
+    """Rename a written, fsynced file into place, durably: the job row that names it is
+    committed next, and must not outlive the file in a crash."""
+    os.replace(tmp_name, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def build_job(
