@@ -10,8 +10,14 @@ errors, refreshes whose answer is lost). Meanwhile a submitter thread feeds jobs
 pool, direct and inbox, file and URL, scheduled and cancelled) and the main thread SIGKILLs
 the daemon at seeded random moments and starts it again.
 
-Then the faults are cleared and the daemon is left to settle, and the sandbox, not the
-daemon, is the judge: every job must be terminal or waiting for a human, no job posted twice,
+Then the faults are cleared and the daemon is left to settle for as long as jobs keep moving
+(``settle``: no wall-clock budget a loaded machine could exhaust). The sandbox's clock is not
+advanced: processing takes 20 simulated seconds (a third of a real one) and the daemon's
+timers run on its own clock, so a jump would only make the sandbox see tokens the daemon
+rightly believes valid as expired. Then the sandbox, not the daemon, is the judge: every job
+must be terminal or waiting for a human (review, uncertain, or an account that needs
+re-authorization), or waiting for a window the daemon knows (a spent daily cap, a full
+creator inbox; ``where_is``); anything else is stuck. Further: no job posted twice,
 no post the daemon does not know of, no rate or cap violation, no request with an expired
 token, no refresh-token reuse the daemon did not knowingly risk, and SQLite's
 ``integrity_check`` ok after every kill and at the end. ``tests/test_soak.py`` runs the short

@@ -2,7 +2,9 @@
 
 ``bench/soak.py`` holds the soak; this runs it for about a minute with a fixed seed (set
 ``SOAK_SEED`` to replay another) and fails on any invariant it finds broken. The long form is
-``python -m bench.soak --long``.
+``python -m bench.soak --long``. The settle phase waits on the jobs, not on a clock, so a
+loaded machine makes the test slower, never red; the timeout is only for a hang (about 60 s
+idle, 75 s beside other test runs on 2 cores).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak import SHORT, SoakPlan, problems, run_soak, table
+from bench.soak import SHORT, SoakPlan, problems, run_soak, table, where_is
 from orchestrator.router import AccountView, choose, parse_target
 from orchestrator.sandbox import Sandbox
 
@@ -138,3 +140,58 @@ async def test_an_inbox_pool_job_is_routed_to_an_account_at_its_daily_cap(
         routed = next(e for e in held["timeline"] if e["action"] == "job.routed")
         assert "daily cap" in routed["detail"]["reason"]
     assert [p["mode"] for p in sandbox.ledger()["posts"]] == ["direct", "inbox"]
+
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def _account(id: str, *, token: str = "valid", used: int = 0, breaker: str = "closed") -> Any:
+    cap = {"used": used, "limit": 15, "blocked_until": None, "next_slot": NOW + 600}
+    return {"id": id, "token": {"state": token}, "breaker": breaker, "paused": False, "cap": cap}
+
+
+def _job(state: str, account: str | None, **changes: Any) -> dict[str, Any]:
+    job = {"id": "j_1", "state": state, "account": account, "mode": "direct", "pool": None}
+    job |= {"publish_id": None, "not_before": "2027-01-15T08:00:00Z", "error": None}
+    return job | changes
+
+
+@pytest.mark.parametrize(
+    ("job", "accounts", "place"),
+    [
+        (_job("review", "a"), [_account("a")], "human"),
+        (_job("processing", "a", publish_id="p"), [_account("a")], "moving"),
+        (_job("processing", "a", publish_id="p"), [_account("a", token="needs_reauth")], "reauth"),
+        (_job("uploading", "a", publish_id="p"), [_account("a", token="needs_reauth")], "moving"),
+        (_job("queued", "a"), [_account("a", used=15)], "window"),
+        (_job("queued", "a", mode="inbox"), [_account("a", used=15)], "moving"),
+        (_job("queued", "a", publish_id="p"), [_account("a", used=15)], "moving"),
+        (
+            _job(
+                "retry_wait",
+                "a",
+                mode="inbox",
+                not_before="2027-01-15T09:00:00Z",
+                error={"code": "spam_risk_too_many_pending_share"},
+            ),
+            [_account("a")],
+            "window",
+        ),
+        (_job("queued", None, pool="pool:soak"), [_account("a", used=15)], "no_account"),
+        (_job("queued", None, pool="pool:soak"), [_account("a", used=15), _account("b")], "moving"),
+        (
+            _job("queued", None, pool="pool:soak", mode="inbox"),
+            [_account("a", used=15)],
+            "moving",
+        ),
+        (
+            _job("queued", "a", pool="pool:soak"),
+            [_account("a", breaker="open"), _account("b")],
+            "moving",
+        ),
+    ],
+)
+def test_the_soak_tells_waiting_for_a_human_or_a_window_from_stuck(
+    job: dict[str, Any], accounts: list[dict[str, Any]], place: str
+) -> None:
+    assert where_is(job, {a["id"]: a for a in accounts}, NOW) == place
