@@ -191,6 +191,31 @@ def _job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
+_ACCOUNT_STATE = "SELECT * FROM account_state WHERE account_id = ?"
+# Parameters: account, since, account, since, account.
+_RECENT_INITS = (
+    "SELECT at FROM inits WHERE account_id = ? AND at > ? "
+    "UNION ALL SELECT init_sent_at FROM jobs WHERE account_id = ? AND mode = 'direct' "
+    "AND init_sent_at > ? AND (publish_id IS NULL OR publish_id NOT IN "
+    "(SELECT publish_id FROM inits WHERE account_id = ? AND publish_id IS NOT NULL)) "
+    "ORDER BY 1"
+)
+
+
+def _account_state_from_row(account_id: str, row: sqlite3.Row | None) -> AccountState:
+    if row is None:
+        return AccountState(account_id=account_id)
+    return AccountState(
+        account_id=account_id,
+        paused=bool(row["paused"]),
+        learned_cap=row["learned_cap"],
+        blocked_until=row["blocked_until"],
+        breaker_state=row["breaker_state"],
+        breaker_failures=row["breaker_failures"],
+        breaker_opened_at=row["breaker_opened_at"],
+    )
+
+
 def _column_value(name: str, value: Any) -> Any:
     if name == "options":
         return json.dumps(value, sort_keys=True)
@@ -784,31 +809,28 @@ class Store:
         """Direct-post inits TikTok may count against the daily cap: the accepted ones, and
         the ones whose answer never came (an uncertain job, or an accepted init a crash kept
         out of ``inits``). TikTok counts an init it took whether or not we heard the answer."""
-        rows = await self._fetchall(
-            "SELECT at FROM inits WHERE account_id = ? AND at > ? "
-            "UNION ALL SELECT init_sent_at FROM jobs WHERE account_id = ? AND mode = 'direct' "
-            "AND init_sent_at > ? AND (publish_id IS NULL OR publish_id NOT IN "
-            "(SELECT publish_id FROM inits WHERE account_id = ? AND publish_id IS NOT NULL)) "
-            "ORDER BY 1",
-            (account_id, since, account_id, since, account_id),
-        )
+        rows = await self._fetchall(_RECENT_INITS, (account_id, since) * 2 + (account_id,))
         return [r[0] for r in rows]
 
     async def account_state(self, account_id: str) -> AccountState:
-        row = await self._fetchone(
-            "SELECT * FROM account_state WHERE account_id = ?", (account_id,)
-        )
-        if row is None:
-            return AccountState(account_id=account_id)
-        return AccountState(
-            account_id=account_id,
-            paused=bool(row["paused"]),
-            learned_cap=row["learned_cap"],
-            blocked_until=row["blocked_until"],
-            breaker_state=row["breaker_state"],
-            breaker_failures=row["breaker_failures"],
-            breaker_opened_at=row["breaker_opened_at"],
-        )
+        row = await self._fetchone(_ACCOUNT_STATE, (account_id,))
+        return _account_state_from_row(account_id, row)
+
+    async def account_outlook(
+        self, account_id: str, since: float
+    ) -> tuple[AccountState, list[float]]:
+        """``account_state`` and ``recent_inits`` in one hop to the database thread (a shard
+        reads both after every wake)."""
+
+        def run() -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+            conn = self._r._conn  # aiosqlite (pinned <0.23): the sqlite3 connection, on its thread
+            # Each statement drained (so closed) at once: see ``_fetchall``.
+            rows = conn.execute(_ACCOUNT_STATE, (account_id,)).fetchall()
+            inits = conn.execute(_RECENT_INITS, (account_id, since) * 2 + (account_id,))
+            return (rows[0] if rows else None), inits.fetchall()
+
+        row, inits = await self._r._execute(run)  # type: ignore[no-untyped-call]
+        return _account_state_from_row(account_id, row), [r[0] for r in inits]
 
     async def update_account_state(self, account_id: str, now: float, **columns: Any) -> None:
         """Write some of an account's run-time state, leaving the other columns as they are.
@@ -1027,86 +1049,139 @@ class Store:
             for r in rows
         }
 
-    # -- the dashboard at 10,000 accounts: reads bounded by the accounts shown or by time ---
-    # ``accounts`` lists are passed as one JSON array and read with json_each, so a page of
-    # accounts is one statement with one index seek per account, never one query each.
+    # -- the dashboard at 10,000 accounts: few hops, and reads bounded by the accounts shown -
 
-    async def job_counts_by_account(
-        self, accounts: Sequence[str] | None = None
-    ) -> list[tuple[str, str, str, int]]:
-        """(account, state, lane, jobs) for ``accounts`` (None: every account), in one pass
-        over the ``jobs_by_account`` index: the job counts and the waiting lanes together."""
-        if accounts is None:
-            rows = await self._fetchall(
-                "SELECT account_id, state, lane, COUNT(*) FROM jobs "
-                "GROUP BY account_id, state, lane"
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn``'s reads in one hop to the reader's thread, in one snapshot.
+
+        Each awaited statement is a trip through the event loop: while 500 shards posted, a
+        status made of a dozen awaited reads waited behind the loop a dozen times and took
+        50-280 ms (bench.scale), for about 15 ms of work. The reader's thread runs one
+        function at a time, so nothing else reads inside this transaction.
+        """
+
+        def run() -> T:
+            conn: sqlite3.Connection = self._r._conn  # aiosqlite (pinned <0.23), as _write
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return cast(T, await self._r._execute(run))  # type: ignore[no-untyped-call]
+
+    async def dashboard_summary(
+        self,
+        *,
+        access_before: float,
+        refresh_before: float,
+        errors_since: float,
+        history_after: int,
+        listed: int = 20,
+    ) -> DashboardSummary:
+        """Everything the status needs that does not grow with the number of accounts, read
+        in one hop: see ``DashboardSummary`` for what each part is."""
+
+        def read(conn: sqlite3.Connection) -> DashboardSummary:
+            waiting = [
+                _job_from_row(r)
+                for state in (JobState.UNCERTAIN.value, JobState.REVIEW.value)
+                for r in conn.execute(
+                    "SELECT * FROM jobs WHERE state = ? ORDER BY created_at DESC, id LIMIT ?",
+                    (state, listed),
+                )
+            ]
+            stuck = conn.execute(
+                "SELECT * FROM jobs WHERE state = 'processing' AND stuck_at IS NOT NULL "
+                "ORDER BY stuck_at LIMIT ?",
+                (listed,),
             )
-        else:
-            rows = await self._fetchall(
-                "SELECT account_id, state, lane, COUNT(*) FROM jobs "
-                "WHERE account_id IN (SELECT value FROM json_each(?)) "
+            codes = conn.execute("SELECT * FROM unknown_codes ORDER BY last_seen DESC")
+            history = conn.execute(
+                # NOT INDEXED: the rowid range is the cheap path (token_outcomes_after).
+                "SELECT account_id, outcome, COUNT(*), MAX(id) FROM token_history NOT INDEXED "
+                "WHERE id > ? GROUP BY account_id, outcome",
+                (history_after,),
+            ).fetchall()
+            return DashboardSummary(
+                token_troubles=[
+                    _token_status_from_row(r)
+                    for r in conn.execute(
+                        f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens WHERE state <> 'valid' "
+                        "OR last_error IS NOT NULL OR access_expires_at < ? "
+                        "OR refresh_expires_at < ?",
+                        (access_before, refresh_before),
+                    )
+                ],
+                with_token={r[0] for r in conn.execute("SELECT account_id FROM tokens")},
+                recent_errors={
+                    r["account_id"]: _last_error_from_row(r)
+                    for r in conn.execute(
+                        # A range of attempts_errors_by_time. end_attempt writes error_code
+                        # together with finished_at: a failed attempt always has both.
+                        "SELECT account_id, error_code, error_message, job_id, "
+                        "MAX(finished_at) AS at FROM attempts "
+                        "WHERE error_code IS NOT NULL AND finished_at > ? GROUP BY account_id",
+                        (errors_since,),
+                    )
+                },
+                job_totals=dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")),
+                unplaced_jobs=conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE account_id = ''"
+                ).fetchone()[0],
+                waiting_for_human=waiting,
+                stuck=[_job_from_row(r) for r in stuck],
+                unknown_codes=[UnknownCode(**{k: r[k] for k in r.keys()}) for r in codes],  # noqa: SIM118
+                refreshes=[(r[0], r[1], r[2]) for r in history],
+                history_seen=max((r[3] for r in history), default=history_after),
+            )
+
+        return await self._read(read)
+
+    async def dashboard_accounts(self, accounts: Sequence[str] | None = None) -> DashboardAccounts:
+        """The rows of ``accounts`` (None: every account) in one hop. A list of accounts is
+        passed as one JSON array read with json_each: one statement, an index seek per
+        account, never a query each."""
+        where, params = "", cast(tuple[str, ...], ())
+        if accounts is not None:
+            where = "WHERE account_id IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(list(accounts)),)
+
+        def read(conn: sqlite3.Connection) -> DashboardAccounts:
+            jobs = conn.execute(
+                # One pass over jobs_by_account: the counts and the waiting lanes together.
+                f"SELECT account_id, state, lane, COUNT(*) FROM jobs {where} "
                 "GROUP BY account_id, state, lane",
-                (json.dumps(list(accounts)),),
+                params,
             )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+            tokens = conn.execute(f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens {where}", params)
+            if accounts is None:
+                errors = conn.execute(
+                    # Bare columns of a MAX() come from the row holding the maximum: one pass
+                    # over attempts_errors_by_account.
+                    "SELECT account_id, error_code, error_message, job_id, "
+                    "MAX(finished_at) AS at FROM attempts WHERE error_code IS NOT NULL "
+                    "GROUP BY account_id"
+                )
+            else:
+                errors = conn.execute(
+                    "SELECT a.account_id, a.error_code, a.error_message, a.job_id, "
+                    "a.finished_at AS at FROM json_each(?) AS j JOIN attempts AS a ON a.id = ("
+                    "  SELECT id FROM attempts WHERE account_id = j.value "
+                    "  AND error_code IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1)",
+                    params,
+                )
+            return DashboardAccounts(
+                jobs=[(r[0], r[1], r[2], r[3]) for r in jobs],
+                tokens=[_token_status_from_row(r) for r in tokens],
+                last_errors={r["account_id"]: _last_error_from_row(r) for r in errors},
+            )
+
+        return await self._read(read)
 
     async def job_account_ids(self) -> set[str]:
         """Every account that has a job, in any state (pool jobs not yet placed: "")."""
         return {r[0] for r in await self._fetchall("SELECT DISTINCT account_id FROM jobs")}
-
-    async def token_statuses(self, accounts: Sequence[str] | None = None) -> list[TokenStatus]:
-        """What may be shown of the tokens of ``accounts`` (None: all): no token column."""
-        if accounts is None:
-            rows = await self._fetchall(f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens")
-        else:
-            rows = await self._fetchall(
-                f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens "
-                "WHERE account_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(accounts)),),
-            )
-        return [_token_status_from_row(r) for r in rows]
-
-    async def token_troubles(
-        self, *, access_before: float, refresh_before: float
-    ) -> list[TokenStatus]:
-        """Tokens that may need an operator: not plainly valid, a failed or lost refresh on
-        record, or an access token expiring before ``access_before`` (the caller decides,
-        with the token's own refresh margin, which of those are late), or a refresh token
-        expiring before ``refresh_before``. At 10,000 healthy accounts this returns nothing."""
-        rows = await self._fetchall(
-            f"SELECT {_TOKEN_STATUS_COLUMNS} FROM tokens WHERE state <> 'valid' "
-            "OR last_error IS NOT NULL OR access_expires_at < ? OR refresh_expires_at < ?",
-            (access_before, refresh_before),
-        )
-        return [_token_status_from_row(r) for r in rows]
-
-    async def token_account_ids(self) -> set[str]:
-        """The accounts that have tokens (the rest show as ``missing``)."""
-        return {r[0] for r in await self._fetchall("SELECT account_id FROM tokens")}
-
-    async def errors_since(self, since: float) -> dict[str, LastError]:
-        """Each account's most recent failed attempt that finished after ``since``; a range
-        of the ``attempts_errors_by_time`` index. (``end_attempt`` writes ``error_code``
-        together with ``finished_at``, so a failed attempt always has both.)"""
-        rows = await self._fetchall(
-            "SELECT account_id, error_code, error_message, job_id, MAX(finished_at) AS at "
-            "FROM attempts WHERE error_code IS NOT NULL AND finished_at > ? "
-            "GROUP BY account_id",
-            (since,),
-        )
-        return {r["account_id"]: _last_error_from_row(r) for r in rows}
-
-    async def last_errors_of(self, accounts: Sequence[str]) -> dict[str, LastError]:
-        """The most recent failed attempt of each of ``accounts``, however old: one seek per
-        account into ``attempts_errors_by_account``."""
-        rows = await self._fetchall(
-            "SELECT a.account_id, a.error_code, a.error_message, a.job_id, a.finished_at AS at "
-            "FROM json_each(?) AS j JOIN attempts AS a ON a.id = ("
-            "  SELECT id FROM attempts WHERE account_id = j.value AND error_code IS NOT NULL "
-            "  ORDER BY finished_at DESC, id DESC LIMIT 1)",
-            (json.dumps(list(accounts)),),
-        )
-        return {r["account_id"]: _last_error_from_row(r) for r in rows}
 
 
 async def _submit_in(conn: aiosqlite.Connection, job: Job, payload_sha256: str) -> tuple[str, Job]:
@@ -1262,3 +1337,29 @@ def _last_error_from_row(row: sqlite3.Row) -> LastError:
     return LastError(
         code=row["error_code"], message=row["error_message"], job_id=row["job_id"], at=row["at"]
     )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DashboardSummary:
+    """What a status needs beyond the accounts it lists, from one snapshot."""
+
+    # Tokens that may need an operator (the caller judges with the refresh margin).
+    token_troubles: list[TokenStatus]
+    with_token: set[str]  # accounts that have tokens at all
+    recent_errors: dict[str, LastError]  # each account's latest failure since ``errors_since``
+    job_totals: dict[str, int]  # every job by state
+    unplaced_jobs: int  # pool jobs no account could take yet (account "")
+    waiting_for_human: list[Job]  # the newest uncertain and review jobs, ``listed`` of each
+    stuck: list[Job]
+    unknown_codes: list[UnknownCode]
+    refreshes: list[tuple[str, str, int]]  # (account, outcome, n) after ``history_after``
+    history_seen: int  # the last history row counted
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DashboardAccounts:
+    """The rows of the accounts a status lists."""
+
+    jobs: list[tuple[str, str, str, int]]  # (account, state, lane, jobs)
+    tokens: list[TokenStatus]
+    last_errors: dict[str, LastError]  # however old
