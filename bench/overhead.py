@@ -16,7 +16,15 @@ runs ``--time-scale`` (60) times faster so processing and polling take fractions
   ``GET /v1/status`` shows every job published, so it includes taking the submission
   (validation, spooling the file under its SHA-256, the durable job row) and the
   bookkeeping a crash-safe pipeline does, plus whatever its timers do meanwhile
-  (``idle_cpu_percent`` says how much that is).
+  (``idle_cpu_percent`` says how much that is). The harness watches the sandbox's counters
+  until every post has had its status call and only then asks the daemon's status, so the
+  daemon answers one or two of the harness's requests per round, not one every 0.2 s.
+
+Like with like: both sides make exactly one status call per post here (processing takes 1
+simulated second, both first ask 10 s after the upload); the counters of each round show it.
+Every submission in a round is the same 1 MiB file, so after the first the daemon finds it
+in its spool and only hashes it (``intake.spool_video``); ``intake_ms_per_job`` is measured
+with the same file, and BENCHMARKS.md gives the cost of a new video too.
 
 The sandbox's counters, read before and after each side, show both made the same calls.
 """
@@ -187,11 +195,19 @@ def run_daemon(
             r.raise_for_status()
         submit_cpu = daemon.cpu() - cpu0
 
+        def polled() -> bool:
+            return calls(sandbox).get("status", 0) - before.get("status", 0) >= jobs
+
         def done() -> bool:
             totals = client.get("/v1/status").json()["totals"]
             return totals.get("published", 0) - total_before >= jobs
 
-        wait_until(done, timeout=600, what=f"{jobs} posts", every=0.2)
+        # The sandbox's counters first (another process: free for the daemon), the daemon's
+        # status only once every post has had its status call. Asking the daemon every 0.2 s
+        # throughout charged it for the harness's own dashboard requests, which the script
+        # does not have to answer.
+        wait_until(polled, timeout=600, what=f"{jobs} status calls", every=0.05)
+        wait_until(done, timeout=600, what=f"{jobs} posts", every=0.05)
         cpu1, t1 = daemon.cpu(), time.monotonic()
         threads = split_cpu(daemon.pid, threads0, thread_cpu_seconds(daemon.pid))
     return {
