@@ -46,6 +46,7 @@ from .logs import fields
 from .routing import Routing
 from .store import (
     Attempt,
+    DashboardSummary,
     Event,
     LastError,
     StaleTransition,
@@ -637,94 +638,69 @@ class ControlApi:
         Whatever the view, ``account_states`` counts every account and ``attention_count``
         says how many need an operator. Only ``all`` reads every account's rows and describes
         every shard; the other views find the accounts that need attention from the shards'
-        in-memory state and from queries whose answers grow with the trouble, not with the
+        in-memory state and from reads whose answers grow with the trouble, not with the
         accounts (tokens in trouble, errors of the last hour), then describe just those.
+        The reads take two hops to the database thread, each one snapshot.
         """
         if account is not None:
             view = "account"
         elif view is None:
             view = "all" if len(self._config.accounts) <= FULL_LIST_UP_TO else "attention"
         now = self._clock.now()
-        refreshes = await self._refresh_counts()
+        margin = self._config.tiktok.refresh_margin
+        async with self._refresh_lock:  # two statuses at once must not count history twice
+            summary = await self._store.dashboard_summary(
+                access_before=now + margin,
+                refresh_before=now + REFRESH_EXPIRY_WARNING,
+                errors_since=now - RECENT_ERROR,
+                history_after=self._history_seen,
+            )
+            self._count_refreshes(summary)
         if view == "all":
-            board = await self._board_all(now, refreshes)
+            board = await self._board_all(now)
         else:
-            board = await self._board_some(now, refreshes, view=view, account=account)
-        return await self._document(now, view, board)
+            board = await self._board_some(now, summary, view=view, account=account)
+        return self._document(now, view, board, summary)
 
-    async def _board_all(self, now: float, refreshes: Mapping[str, dict[str, int]]) -> _Board:
-        store, config, generation = self._store, self._config, self._generation
-        counts, lanes = _group_counts(await store.job_counts_by_account())
-        tokens = {t.account_id: t for t in await store.token_statuses()}
-        errors = await store.last_errors()
+    async def _board_all(self, now: float) -> _Board:
+        config, generation = self._config, self._generation
+        rows = await self._store.dashboard_accounts()
+        counts, lanes = _group_counts(rows.jobs)
+        tokens = {t.account_id: t for t in rows.tokens}
         live = self._live()
         shards: Mapping[str, Mapping[str, Any]] = live.get("shards", {})
         unknown = set(counts) - self._configured - {""}
         if generation == self._generation:
             self._unconfigured = unknown  # as good as the cache's own read
+        retired = sorted((set(live.get("retired") or {}) | unknown) - self._configured)
         entries = [
             self._entry(
-                acct.id,
-                acct,
-                shard=shards.get(acct.id, {}),
-                token=tokens.get(acct.id),
-                refreshes=refreshes.get(acct.id, {}),
-                queues=lanes.get(acct.id, {}),
-                jobs=counts.get(acct.id, {}),
-                error=errors.get(acct.id),
-                now=now,
-            )
-            for acct in config.accounts
-        ]
-        retired = sorted((set(live.get("retired") or {}) | unknown) - self._configured)
-        entries += [
-            self._entry(
                 account_id,
-                None,
-                shard={},
+                config.account(account_id),
+                shard=shards.get(account_id, {}),
                 token=tokens.get(account_id),
-                refreshes=refreshes.get(account_id, {}),
                 queues=lanes.get(account_id, {}),
                 jobs=counts.get(account_id, {}),
-                error=errors.get(account_id),
+                error=rows.last_errors.get(account_id),
                 now=now,
             )
-            for account_id in retired
+            for account_id in [*(a.id for a in config.accounts), *retired]
         ]
-        totals: dict[str, int] = {}
-        for acct_counts in counts.values():
-            for state, n in acct_counts.items():
-                totals[state] = totals.get(state, 0) + n
         return _Board(
             live=live,
             accounts=entries,
             account_count=len(entries),
             account_states=dict(Counter(e["state"] for e in entries)),
             attention_count=sum(1 for e in entries if e["attention"]),
-            totals=totals,
-            unassigned=sum(counts.get("", {}).values()),
             unknown=sorted(unknown),
-            token_troubles=list(tokens.values()),
         )
 
     async def _board_some(
-        self,
-        now: float,
-        refreshes: Mapping[str, dict[str, int]],
-        *,
-        view: str,
-        account: str | None,
+        self, now: float, summary: DashboardSummary, *, view: str, account: str | None
     ) -> _Board:
-        store, config = self._store, self._config
+        config = self._config
         margin = config.tiktok.refresh_margin
-        troubles = {
-            t.account_id: t
-            for t in await store.token_troubles(
-                access_before=now + margin, refresh_before=now + REFRESH_EXPIRY_WARNING
-            )
-        }
-        have_token = await store.token_account_ids()
-        recent = await store.errors_since(now - RECENT_ERROR)
+        troubles = {t.account_id: t for t in summary.token_troubles}
         unconfigured = await self._unconfigured_accounts()
         if account is not None and config.account(account) is None and account not in unconfigured:
             raise ApiError(
@@ -740,8 +716,8 @@ class ControlApi:
         found = {
             a for a, t in troubles.items() if a in configured and token_trouble(t, now, margin)
         }
-        found |= configured - have_token  # no token at all
-        found |= set(recent) & configured
+        found |= configured - summary.with_token  # no token at all
+        found |= summary.recent_errors.keys() & configured
         describe = sorted(found if view == "attention" else {account} if account else ())
         live = self._live(describe, troubled=True)  # describes the troubled shards too
         troubled: Mapping[str, list[str]] = live.get("troubled", {})
@@ -764,42 +740,31 @@ class ControlApi:
             shown = sorted(selected, key=self._position)
         else:
             shown = [account] if account else []
-        entries = await self._entries(shown, now, refreshes, live, troubles, retired)
-        totals = await store.job_state_totals()
-        unassigned = sum(n for _, _, _, n in await store.job_counts_by_account([""]))
         return _Board(
             live=live,
-            accounts=entries,
+            accounts=await self._entries(shown, now, live, troubles, retired),
             account_count=len(config.accounts) + len(retired),
             account_states={s: n for s, n in states.items() if n},
             attention_count=len(selected),
-            totals=totals,
-            unassigned=unassigned,
             unknown=sorted(unconfigured),
-            token_troubles=list(troubles.values()),
         )
 
     async def _entries(
         self,
         shown: list[str],
         now: float,
-        refreshes: Mapping[str, dict[str, int]],
         live: Mapping[str, Any],
         troubles: Mapping[str, TokenStatus],
         retired: set[str],
     ) -> list[dict[str, Any]]:
-        """The full entries of ``shown``, with reads bounded by them: one statement each."""
+        """The full entries of ``shown``, read in one hop bounded by them."""
         if not shown:
             return []
-        store = self._store
-        counts, lanes = _group_counts(await store.job_counts_by_account(shown))
-        # The tokens read to choose these accounts are the ones shown: the reasons agree.
-        tokens: dict[str, TokenStatus] = {a: troubles[a] for a in shown if a in troubles}
-        tokens |= {
-            t.account_id: t
-            for t in await store.token_statuses([a for a in shown if a not in tokens])
-        }
-        errors = await store.last_errors_of(shown)
+        rows = await self._store.dashboard_accounts(shown)
+        counts, lanes = _group_counts(rows.jobs)
+        tokens = {t.account_id: t for t in rows.tokens}
+        # The token rows that chose these accounts are the ones shown, so the reasons agree.
+        tokens |= {a: troubles[a] for a in shown if a in troubles}
         shards: Mapping[str, Mapping[str, Any]] = live.get("shards", {})
         return [
             self._entry(
@@ -807,10 +772,9 @@ class ControlApi:
                 None if account_id in retired else self._config.account(account_id),
                 shard=shards.get(account_id, {}),
                 token=tokens.get(account_id),
-                refreshes=refreshes.get(account_id, {}),
                 queues=lanes.get(account_id, {}),
                 jobs=counts.get(account_id, {}),
-                error=errors.get(account_id),
+                error=rows.last_errors.get(account_id),
                 now=now,
             )
             for account_id in shown
@@ -823,7 +787,6 @@ class ControlApi:
         *,
         shard: Mapping[str, Any],
         token: TokenStatus | None,
-        refreshes: Mapping[str, int],
         queues: dict[str, int],
         jobs: dict[str, int],
         error: LastError | None,
@@ -858,6 +821,7 @@ class ControlApi:
         state = account_state(
             enabled=acct.enabled, paused=paused, token_state=token.state if token else None
         )
+        refreshes = dict(self._refreshes.get(account_id, {}))
         return {
             "id": account_id,
             "state": state,
@@ -865,7 +829,7 @@ class ControlApi:
             "enabled": acct.enabled,
             "region": acct.region,
             "tags": list(acct.tags),
-            "token": _token_json(token, now) | {"refreshes": dict(refreshes)},
+            "token": _token_json(token, now) | {"refreshes": refreshes},
             "current_job": shard.get("current_job"),
             "paused": paused,
             "breaker": shard.get("breaker"),
@@ -886,8 +850,10 @@ class ControlApi:
             ),
         }
 
-    async def _document(self, now: float, view: str, board: _Board) -> dict[str, Any]:
-        store, live = self._store, board.live
+    def _document(
+        self, now: float, view: str, board: _Board, summary: DashboardSummary
+    ) -> dict[str, Any]:
+        live = board.live
         attention = (
             [
                 {
@@ -897,8 +863,7 @@ class ControlApi:
                     "code": j.error_code,
                     "since": iso(j.updated_at),
                 }
-                for state in (JobState.UNCERTAIN, JobState.REVIEW)
-                for j in await store.list_jobs(state=state.value, limit=20)
+                for j in summary.waiting_for_human
             ]
             + [
                 {
@@ -908,7 +873,7 @@ class ControlApi:
                     "code": f"processing since {iso(j.processing_since)}",
                     "since": iso(j.stuck_at),
                 }
-                for j in await store.stuck_posts()
+                for j in summary.stuck
             ]
             + [
                 {
@@ -917,14 +882,11 @@ class ControlApi:
                     "code": t.last_error,
                     "since": iso(t.updated_at),
                 }
-                for t in board.token_troubles
+                for t in summary.token_troubles
                 if t.state in PARKED or t.last_error == "refresh_lost"
             ]
         )
-        unknown_codes = [
-            {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}
-            for u in await store.unknown_codes()
-        ]
+        totals = summary.job_totals
         return {
             "daemon": {
                 "version": __version__,
@@ -950,23 +912,24 @@ class ControlApi:
                 {**a, "at": iso(a.get("at")), "since": iso(a.get("since"))}
                 for a in live.get("alerts", [])
             ],
-            "unknown_codes": unknown_codes,
-            "totals": board.totals,
-            "unassigned_pool_jobs": board.unassigned,
-            "open": sum(n for s, n in board.totals.items() if JobState(s) not in TERMINAL),
+            "unknown_codes": [
+                {"code": u.code, "count": u.count, "last_seen": iso(u.last_seen), "job": u.last_job}
+                for u in summary.unknown_codes
+            ],
+            "totals": totals,
+            "unassigned_pool_jobs": summary.unplaced_jobs,
+            "open": sum(n for s, n in totals.items() if JobState(s) not in TERMINAL),
         }
 
-    async def _refresh_counts(self) -> dict[str, dict[str, int]]:
+    def _count_refreshes(self, summary: DashboardSummary) -> None:
         """Refresh outcomes per account, kept current from the history rows added since the
         last status (they never change) rather than counted again at every request: an
         account refreshes about twelve times a day, so a month of 10,000 accounts is 3.6
         million rows."""
-        async with self._refresh_lock:
-            new, self._history_seen = await self._store.token_outcomes_after(self._history_seen)
-            for account_id, outcome, n in new:
-                counts = self._refreshes.setdefault(account_id, {})
-                counts[outcome] = counts.get(outcome, 0) + n
-        return self._refreshes
+        for account_id, outcome, n in summary.refreshes:
+            counts = self._refreshes.setdefault(account_id, {})
+            counts[outcome] = counts.get(outcome, 0) + n
+        self._history_seen = summary.history_seen
 
     async def _unconfigured_accounts(self) -> set[str]:
         """Accounts with jobs that the accounts file does not list. Jobs only ever go to
@@ -988,17 +951,14 @@ class ControlApi:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Board:
-    """What a view found, before it becomes the document."""
+    """The accounts part of a status, as a view found it."""
 
     live: Mapping[str, Any]
     accounts: list[dict[str, Any]]
     account_count: int
     account_states: dict[str, int]
     attention_count: int
-    totals: dict[str, int]
-    unassigned: int
     unknown: list[str]
-    token_troubles: list[TokenStatus]
 
 
 def _group_counts(
