@@ -121,6 +121,11 @@ class TokenRegistry:
         # start with thousands of accounts each unchanged token file then costs no query.
         # Kept in step by ``save``, the only way tokens are written.
         self._imported: dict[str, str | None] | None = None
+        # Each account's row as stored (sealed), so the tokens a post needs cost no query.
+        # Every write of a token goes through this registry, which keeps the copy in step; a
+        # read that raced a write is not cached (``_writes`` counts writes per account).
+        self._rows: dict[str, TokenRecord] = {}
+        self._writes: dict[str, int] = {}
 
     def _lock(self, account_id: str) -> anyio.Lock:
         return self._locks.setdefault(account_id, anyio.Lock())
@@ -146,8 +151,24 @@ class TokenRegistry:
         cipher = self._cipher
         return self._map_tokens(record, lambda v, ctx: cipher.encrypt(v, context=ctx))
 
-    async def load(self, account_id: str) -> TokenRecord | None:
+    async def _stored(self, account_id: str) -> TokenRecord | None:
+        record = self._rows.get(account_id)
+        if record is not None:
+            return record
+        writes = self._writes.get(account_id, 0)
         record = await self._store.get_token(account_id)
+        if record is not None and self._writes.get(account_id, 0) == writes:
+            self._rows[account_id] = record
+        return record
+
+    def _stored_as(self, sealed: TokenRecord) -> None:
+        """After a successful write: the copy is now what the row holds."""
+        account_id = sealed.account_id
+        self._writes[account_id] = self._writes.get(account_id, 0) + 1
+        self._rows[account_id] = sealed
+
+    async def load(self, account_id: str) -> TokenRecord | None:
+        record = await self._stored(account_id)
         if record is None:
             return None
         if self._cipher is None:
@@ -161,7 +182,13 @@ class TokenRegistry:
         return self._map_tokens(record, lambda v, ctx: cipher.decrypt(v, context=ctx))
 
     async def save(self, record: TokenRecord, history: TokenOutcome | None = None) -> None:
-        await self._store.save_token(self._seal(record), history=history)
+        sealed = self._seal(record)
+        try:
+            await self._store.save_token(sealed, history=history)
+        except BaseException:
+            self._forget(record.account_id)  # the write may or may not have landed
+            raise
+        self._stored_as(sealed)
         if self._imported is not None:
             self._imported[record.account_id] = record.imported_sha256
         self.on_change(record.account_id)
@@ -185,7 +212,7 @@ class TokenRegistry:
             if any(v and not self._cipher.is_encrypted(v) for v in values):
                 record = await self.load(stored.account_id)
                 assert record is not None
-                await self._store.save_token(self._seal(record))
+                await self.save(record)
                 sealed += 1
         return sealed
 
@@ -243,7 +270,15 @@ class TokenRegistry:
             )
             fresh.append(_apply_grant(blank, _grant_from_json(data), now))
         outcome = TokenOutcome(at=now, outcome="imported")
-        await self._store.save_tokens([(self._seal(r), outcome) for r in fresh])
+        rows = [self._seal(r) for r in fresh]
+        try:
+            await self._store.save_tokens([(row, outcome) for row in rows])
+        except BaseException:
+            for row in rows:
+                self._forget(row.account_id)
+            raise
+        for row in rows:
+            self._stored_as(row)
         for record in fresh:
             self._imported[record.account_id] = record.imported_sha256
             self.on_change(record.account_id)
@@ -351,8 +386,12 @@ class TokenRegistry:
         return record.access_token
 
     async def scopes(self, account_id: str) -> frozenset[str]:
-        record = await self._store.get_token(account_id)
+        record = await self._stored(account_id)
         return record.scopes if record else frozenset()
+
+    def _forget(self, account_id: str) -> None:
+        self._writes[account_id] = self._writes.get(account_id, 0) + 1
+        self._rows.pop(account_id, None)
 
     def _check_parked(self, record: TokenRecord) -> None:
         if record.state in PARKED:

@@ -273,3 +273,34 @@ async def test_a_refresh_token_near_its_end_is_warned_about_days_ahead(
         assert [r.account for r in warned] == ["soon"]  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_tokens_are_served_from_memory_and_follow_every_rotation(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    """A post needs the token several times: one read of the row, then the registry's copy,
+    which must follow each rotation it writes (a stale copy would reuse a refresh token)."""
+    config = write_config(tmp_path, sandbox, epoch=epoch, client_key=KEY, client_secret=SECRET)
+    async with running(config) as (daemon, _):
+        tokens, store = daemon.tokens, daemon.store
+        assert tokens is not None and store is not None
+        reads = 0
+        real_get = store.get_token
+
+        async def counting(account_id: str) -> TokenRecord | None:
+            nonlocal reads
+            reads += 1
+            return await real_get(account_id)
+
+        store.get_token = counting  # type: ignore[method-assign]
+        first = await tokens.access_token("acme-us")
+        for _ in range(5):
+            assert await tokens.access_token("acme-us") == first
+        assert reads <= 1
+        for _ in range(3):
+            fresh = await tokens.refresh("acme-us", stale=await tokens.access_token("acme-us"))
+            assert await tokens.access_token("acme-us") == fresh.access_token
+            assert await tokens.load("acme-us") == fresh
+        assert fresh.access_token != first
+    assert sandbox.ledger()["violations"]["refresh_token_reuse"] == 0
