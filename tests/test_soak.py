@@ -195,3 +195,32 @@ def test_the_soak_tells_waiting_for_a_human_or_a_window_from_stuck(
     job: dict[str, Any], accounts: list[dict[str, Any]], place: str
 ) -> None:
     assert where_is(job, {a["id"]: a for a in accounts}, NOW) == place
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="needs the shard/store patch in B3's report")
+async def test_an_inbox_upload_does_not_wait_behind_a_direct_post_held_by_the_daily_cap(
+    tmp_path: Path, sandbox: Sandbox, epoch: float
+) -> None:
+    """Found by the long soak (inbox jobs overdue by hours on accounts at their cap): the
+    daily cap holds Direct Post inits only, but the shard idled until the cap freed whenever
+    the job at the head of its queue was a direct post, so the inbox uploads queued behind it
+    waited for a cap that does not apply to them."""
+    config = write_config(
+        tmp_path,
+        sandbox,
+        epoch=epoch,
+        client_key=KEY,
+        client_secret=SECRET,
+        user_options={"acme-us": {"daily_cap": 1}},
+        account_toml="daily_cap = 1",
+    )
+    videos = [make_video(tmp_path / f"{n}.mp4", 10_000 + n, seed=n) for n in range(3)]
+    async with running(config) as (_, client):
+        first = await submit(client, account="acme-us", video_path=str(videos[0]))
+        assert await until_ended(client, first["id"]) == "published"
+        held = await submit(client, account="acme-us", video_path=str(videos[1]))
+        inbox = await submit(client, account="acme-us", video_path=str(videos[2]), mode="inbox")
+        assert await until_ended(client, inbox["id"], timeout=20) == "published"
+        assert (await job_state(client, held["id"]))["job"]["state"] == "queued"
+    assert [p["mode"] for p in sandbox.ledger()["posts"]] == ["direct", "inbox"]
