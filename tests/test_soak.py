@@ -221,6 +221,6 @@ async def test_an_inbox_upload_does_not_wait_behind_a_direct_post_held_by_the_da
         assert await until_ended(client, first["id"]) == "published"
         held = await submit(client, account="acme-us", video_path=str(videos[1]))
         inbox = await submit(client, account="acme-us", video_path=str(videos[2]), mode="inbox")
-        assert await until_ended(client, inbox["id"], timeout=20) == "published"
+        assert await until_ended(client, inbox["id"], timeout=10) == "published"
         assert (await job_state(client, held["id"]))["job"]["state"] == "queued"
     assert [p["mode"] for p in sandbox.ledger()["posts"]] == ["direct", "inbox"]
