@@ -254,6 +254,7 @@ class ControlApi:
         """What the status needs of the file, worked out once per configuration."""
         accounts = self._config.accounts
         self._configured = {a.id for a in accounts}
+        self._config_ids = [a.id for a in accounts]
         self._disabled = {a.id for a in accounts if not a.enabled}
         self._order = {a.id: n for n, a in enumerate(accounts)}
         self._unconfigured = None
@@ -650,6 +651,7 @@ class ControlApi:
         margin = self._config.tiktok.refresh_margin
         async with self._refresh_lock:  # two statuses at once must not count history twice
             summary = await self._store.dashboard_summary(
+                accounts=self._config_ids,
                 access_before=now + margin,
                 refresh_before=now + REFRESH_EXPIRY_WARNING,
                 errors_since=now - RECENT_ERROR,
@@ -716,7 +718,7 @@ class ControlApi:
         found = {
             a for a, t in troubles.items() if a in configured and token_trouble(t, now, margin)
         }
-        found |= configured - summary.with_token  # no token at all
+        found |= summary.without_token & configured
         found |= summary.recent_errors.keys() & configured
         describe = sorted(found if view == "attention" else {account} if account else ())
         live = self._live(describe, troubled=True)  # describes the troubled shards too

@@ -1073,6 +1073,7 @@ class Store:
     async def dashboard_summary(
         self,
         *,
+        accounts: Sequence[str],
         access_before: float,
         refresh_before: float,
         errors_since: float,
@@ -1080,7 +1081,9 @@ class Store:
         listed: int = 20,
     ) -> DashboardSummary:
         """Everything the status needs that does not grow with the number of accounts, read
-        in one hop: see ``DashboardSummary`` for what each part is."""
+        in one hop: see ``DashboardSummary`` for what each part is. ``accounts``: the
+        configured ones, to find those without tokens."""
+        configured = json.dumps(list(accounts))
 
         def read(conn: sqlite3.Connection) -> DashboardSummary:
             waiting = [
@@ -1113,7 +1116,14 @@ class Store:
                         (access_before, refresh_before),
                     )
                 ],
-                with_token={r[0] for r in conn.execute("SELECT account_id FROM tokens")},
+                without_token={
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT value FROM json_each(?) "
+                        "WHERE value NOT IN (SELECT account_id FROM tokens)",
+                        (configured,),
+                    )
+                },
                 recent_errors={
                     r["account_id"]: _last_error_from_row(r)
                     for r in conn.execute(
@@ -1345,7 +1355,7 @@ class DashboardSummary:
 
     # Tokens that may need an operator (the caller judges with the refresh margin).
     token_troubles: list[TokenStatus]
-    with_token: set[str]  # accounts that have tokens at all
+    without_token: set[str]  # of the accounts asked about, those with no tokens at all
     recent_errors: dict[str, LastError]  # each account's latest failure since ``errors_since``
     job_totals: dict[str, int]  # every job by state
     unplaced_jobs: int  # pool jobs no account could take yet (account "")

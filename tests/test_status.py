@@ -39,7 +39,7 @@ from .test_cli import Output, cell, cli_main
 # minutes, far longer than the test runs however loaded the machine is.
 SCALE = 20.0
 HEALTHY = tuple(f"ok-{n}" for n in range(1, 101))
-TROUBLED = ("paused-1", "broken-1", "erring-1", "parked-1")
+TROUBLED = ("paused-1", "broken-1", "erring-1", "parked-1", "bare-1")
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def slow_sandbox(epoch: float) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def many_accounts(tmp_path: Path, slow_sandbox: Sandbox, epoch: float) -> Path:
-    """104 enabled accounts and a disabled one: more than FULL_LIST_UP_TO configured."""
+    """105 enabled accounts and a disabled one: more than FULL_LIST_UP_TO configured."""
     config = write_config(
         tmp_path,
         slow_sandbox,
@@ -64,6 +64,7 @@ def many_accounts(tmp_path: Path, slow_sandbox: Sandbox, epoch: float) -> Path:
         scale=SCALE,
         extra_daemon={"breaker_failures": 2, "breaker_reset": 1e6},
         extra_toml='[[accounts]]\nid = "off-1"\nenabled = false\n',
+        without_token_file=("bare-1",),  # never authorized: no tokens at all
     )
     # parked-1's access token is due at once, and TikTok refuses its refresh token.
     token_file = tmp_path / "tokens" / "parked-1.json"
@@ -152,7 +153,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
         assert await cli_main("status", "--socket", socket, "--account", "broken-1") == 0
         text_one = output.read().out[len(text) + len(text_all) :]
 
-    needing = {"paused-1", "broken-1", "erring-1", "parked-1", "off-1"}
+    needing = {"paused-1", "broken-1", "erring-1", "parked-1", "bare-1", "off-1"}
     reasons = {a["id"]: a["attention"] for a in default["accounts"]}
     assert default["accounts_view"] == "attention"
     assert set(reasons) == needing, "exactly the accounts with a problem, no healthy one"
@@ -160,14 +161,15 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
     assert reasons["broken-1"] == ["breaker open", "error in the last hour"]
     assert reasons["erring-1"] == ["error in the last hour"]
     assert reasons["parked-1"][:2] == ["parked", "token needs_reauth"]
+    assert reasons["bare-1"] == ["no token"]
     assert reasons["off-1"] == ["disabled"]
-    assert default["account_count"] == 105 and default["attention_count"] == 5
-    assert default["account_states"] == {"active": 102, "paused": 1, "parked": 1, "disabled": 1}
+    assert default["account_count"] == 106 and default["attention_count"] == 6
+    assert default["account_states"] == {"active": 103, "paused": 1, "parked": 1, "disabled": 1}
     assert default["totals"] == {"review": 3, "published": 1}
     assert [a["id"] for a in default["accounts"]][:1] == ["paused-1"], "the file's order"
 
     # The full list says the same about every account, and nothing else needs attention.
-    assert everyone["accounts_view"] == "all" and len(everyone["accounts"]) == 105
+    assert everyone["accounts_view"] == "all" and len(everyone["accounts"]) == 106
     assert {a["id"] for a in everyone["accounts"] if a["attention"]} == needing
     full = {a["id"]: a for a in everyone["accounts"]}
     for entry in default["accounts"]:  # the same entry, but for what time moves
@@ -178,7 +180,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
 
     assert nobody["accounts_view"] == "none" and nobody["accounts"] == []
     assert nobody["account_states"] == default["account_states"]
-    assert nobody["attention_count"] == 5
+    assert nobody["attention_count"] == 6
     assert one["accounts_view"] == "account"
     assert [a["id"] for a in one["accounts"]] == ["erring-1"]
     assert one["accounts"][0]["last_error"]["code"] == "spam_risk_user_banned_from_posting"
@@ -187,7 +189,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
 
     assert table_rows(text) == needing
     assert "100 more accounts are healthy; --all lists them" in text
-    assert "accounts: 105 (102 active, 1 paused, 1 parked, 1 disabled); 5 need attention" in text
+    assert "accounts: 106 (103 active, 1 paused, 1 parked, 1 disabled); 6 need attention" in text
     assert cell(text, "broken-1", "ATTENTION") == "breaker open, error in the last hour"
     assert table_rows(text_all) == needing | set(HEALTHY) | {"parked-1"}
     assert "more accounts are healthy" not in text_all
@@ -218,7 +220,7 @@ async def test_a_retired_account_needs_attention_and_leaves_it_when_added_back(
     assert entries["ok-100"]["attention"] == ["retired"]
     assert entries["ok-100"]["jobs"] == {"queued": 1}
     assert removed["account_states"]["retired"] == 1
-    assert removed["account_count"] == 105  # 104 in the file and one retired
+    assert removed["account_count"] == 106  # 105 in the file and one retired
     assert removed["unconfigured_accounts_with_jobs"] == ["ok-100"]
     assert [a["id"] for a in one["accounts"]] == ["ok-100"]
     assert one["accounts"][0]["jobs"] == {"queued": 1}
