@@ -197,13 +197,14 @@ class Shard:
             if job is None:
                 await self._idle()
                 continue
-            if self._needs_direct_init(job) and (until := self._guard.blocked_until(now)):
-                await self._idle(until=until)  # the whole app is paused by TikTok
-                continue
-            if self._needs_direct_init(job) and headroom(self._cap, self._inits, now) == 0:
-                # Checked before dispatch: the daily cap is never discovered by exceeding it.
-                await self._idle(until=next_slot(self._cap, self._inits, now))
-                continue
+            if self._needs_direct_init(job) and (until := self._direct_held_until(now)):
+                # The cap and the app pause hold Direct Post inits only: an inbox upload or a
+                # resumed publish queued behind this job goes now, not when the cap frees.
+                job = await self._store.next_job(self.account.id, now, direct_inits=False)
+                if job is None:
+                    other = await self._store.next_due_time(self.account.id, direct_inits=False)
+                    await self._idle(until=until if other is None else min(until, other))
+                    continue
             if not self.breaker.admit():
                 # Open: the account rests until its probe is due (exactly one job then).
                 await self._idle(until=self.breaker.retry_at())
@@ -224,6 +225,14 @@ class Shard:
                     self._on_verdict(self.account.id, failed)
                 with anyio.CancelScope(shield=True):
                     await self._save_breaker()
+
+    def _direct_held_until(self, now: float) -> float | None:
+        """Until when no Direct Post init may start (None: one may start now)."""
+        until = self._guard.blocked_until(now)  # the whole app is paused by TikTok
+        if until is None and headroom(self._cap, self._inits, now) == 0:
+            # Checked before dispatch: the daily cap is never discovered by exceeding it.
+            until = next_slot(self._cap, self._inits, now)
+        return until
 
     @staticmethod
     def _needs_direct_init(job: Job) -> bool:

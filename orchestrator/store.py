@@ -29,6 +29,9 @@ T = TypeVar("T")
 # Raw responses are kept for people to read; a megabyte of HTML from a proxy is not useful.
 RAW_LIMIT = 4000
 
+# A waiting job whose next step is a Direct Post init (shard.Shard._needs_direct_init).
+_STARTS_DIRECT_INIT = "(mode = 'direct' AND (state = 'queued' OR publish_id IS NULL))"
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
@@ -482,26 +485,31 @@ class Store:
         ]
         return events, attempts
 
-    async def next_job(self, account_id: str, now: float) -> Job | None:
+    async def next_job(
+        self, account_id: str, now: float, *, direct_inits: bool = True
+    ) -> Job | None:
         """The account's next piece of work: an interrupted upload first, then the due queue.
 
         New submissions go before retries (two lanes), so a flood of retries never starves them.
         One statement (one hop to the database thread): the account's few open jobs are read
-        through ``jobs_by_account`` either way.
+        through ``jobs_by_account`` either way. ``direct_inits=False`` skips the jobs that
+        would start with a Direct Post init (what the daily cap and an app pause hold back).
         """
         row = await self._fetchone(
             "SELECT * FROM jobs WHERE account_id = ? AND (state = 'uploading' "
-            "OR (state IN ('queued', 'retry_wait') AND not_before <= ?)) "
-            "ORDER BY state <> 'uploading', CASE state WHEN 'uploading' THEN updated_at END, "
+            "OR (state IN ('queued', 'retry_wait') AND not_before <= ?"
+            + ("" if direct_inits else f" AND NOT {_STARTS_DIRECT_INIT}")
+            + ")) ORDER BY state <> 'uploading', CASE state WHEN 'uploading' THEN updated_at END, "
             "lane = 'retry', not_before, created_at LIMIT 1",
             (account_id, now),
         )
         return _job_from_row(row) if row else None
 
-    async def next_due_time(self, account_id: str) -> float | None:
+    async def next_due_time(self, account_id: str, *, direct_inits: bool = True) -> float | None:
         row = await self._fetchone(
             "SELECT MIN(not_before) FROM jobs WHERE account_id = ? "
-            "AND state IN ('queued', 'retry_wait')",
+            "AND state IN ('queued', 'retry_wait')"
+            + ("" if direct_inits else f" AND NOT {_STARTS_DIRECT_INIT}"),
             (account_id,),
         )
         return row[0] if row else None

@@ -198,7 +198,6 @@ def test_the_soak_tells_waiting_for_a_human_or_a_window_from_stuck(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="needs the shard/store patch in B3's report")
 async def test_an_inbox_upload_does_not_wait_behind_a_direct_post_held_by_the_daily_cap(
     tmp_path: Path, sandbox: Sandbox, epoch: float
 ) -> None:
