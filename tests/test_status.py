@@ -53,7 +53,10 @@ def slow_sandbox(epoch: float) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def many_accounts(tmp_path: Path, slow_sandbox: Sandbox, epoch: float) -> Path:
-    """105 enabled accounts and a disabled one: more than FULL_LIST_UP_TO configured."""
+    """106 enabled accounts and a disabled one: more than FULL_LIST_UP_TO configured."""
+    # capped-1 may post once a day: after one post its cap is spent.
+    capped = tmp_path / "capped-1.json"
+    capped.write_text(json.dumps(slow_sandbox.create_user(open_id="open-capped-1")))
     config = write_config(
         tmp_path,
         slow_sandbox,
@@ -63,7 +66,9 @@ def many_accounts(tmp_path: Path, slow_sandbox: Sandbox, epoch: float) -> Path:
         accounts=(*TROUBLED, *HEALTHY),
         scale=SCALE,
         extra_daemon={"breaker_failures": 2, "breaker_reset": 1e6},
-        extra_toml='[[accounts]]\nid = "off-1"\nenabled = false\n',
+        extra_toml='[[accounts]]\nid = "off-1"\nenabled = false\n'
+        '[[accounts]]\nid = "capped-1"\ndaily_cap = 1\nscopes = ["video.publish"]\n'
+        f"token_file = {json.dumps(str(capped))}\n",
         without_token_file=("bare-1",),  # never authorized: no tokens at all
     )
     # parked-1's access token is due at once, and TikTok refuses its refresh token.
@@ -120,7 +125,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
             },
         )
     )
-    videos = [make_video(tmp_path / f"{n}.mp4", 20_000 + n, seed=n) for n in range(5)]
+    videos = [make_video(tmp_path / f"{n}.mp4", 20_000 + n, seed=n) for n in range(6)]
     async with running(many_accounts) as (daemon, client):
         paused = await client.post("/v1/accounts/paused-1/pause")
         assert paused.status_code == 200
@@ -132,6 +137,8 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
         # A healthy account that posted: a job and a cap used, but nothing wrong.
         ok = await submit(client, account="ok-1", video_path=str(videos[3]))
         assert await until_ended(client, ok["id"]) == "published"
+        capped = await submit(client, account="capped-1", video_path=str(videos[4]))
+        assert await until_ended(client, capped["id"]) == "published"
 
         async def parked() -> dict[str, Any] | None:
             document = await status(client)
@@ -153,7 +160,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
         assert await cli_main("status", "--socket", socket, "--account", "broken-1") == 0
         text_one = output.read().out[len(text) + len(text_all) :]
 
-    needing = {"paused-1", "broken-1", "erring-1", "parked-1", "bare-1", "off-1"}
+    needing = {"paused-1", "broken-1", "erring-1", "parked-1", "bare-1", "off-1", "capped-1"}
     reasons = {a["id"]: a["attention"] for a in default["accounts"]}
     assert default["accounts_view"] == "attention"
     assert set(reasons) == needing, "exactly the accounts with a problem, no healthy one"
@@ -163,13 +170,14 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
     assert reasons["parked-1"][:2] == ["parked", "token needs_reauth"]
     assert reasons["bare-1"] == ["no token"]
     assert reasons["off-1"] == ["disabled"]
-    assert default["account_count"] == 106 and default["attention_count"] == 6
-    assert default["account_states"] == {"active": 103, "paused": 1, "parked": 1, "disabled": 1}
-    assert default["totals"] == {"review": 3, "published": 1}
+    assert reasons["capped-1"] == ["daily cap spent"]
+    assert default["account_count"] == 107 and default["attention_count"] == 7
+    assert default["account_states"] == {"active": 104, "paused": 1, "parked": 1, "disabled": 1}
+    assert default["totals"] == {"review": 3, "published": 2}
     assert [a["id"] for a in default["accounts"]][:1] == ["paused-1"], "the file's order"
 
     # The full list says the same about every account, and nothing else needs attention.
-    assert everyone["accounts_view"] == "all" and len(everyone["accounts"]) == 106
+    assert everyone["accounts_view"] == "all" and len(everyone["accounts"]) == 107
     assert {a["id"] for a in everyone["accounts"] if a["attention"]} == needing
     full = {a["id"]: a for a in everyone["accounts"]}
     for entry in default["accounts"]:  # the same entry, but for what time moves
@@ -180,7 +188,7 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
 
     assert nobody["accounts_view"] == "none" and nobody["accounts"] == []
     assert nobody["account_states"] == default["account_states"]
-    assert nobody["attention_count"] == 6
+    assert nobody["attention_count"] == 7
     assert one["accounts_view"] == "account"
     assert [a["id"] for a in one["accounts"]] == ["erring-1"]
     assert one["accounts"][0]["last_error"]["code"] == "spam_risk_user_banned_from_posting"
@@ -189,9 +197,9 @@ async def test_above_100_accounts_status_lists_exactly_those_that_need_attention
 
     assert table_rows(text) == needing
     assert "100 more accounts are healthy; --all lists them" in text
-    assert "accounts: 106 (103 active, 1 paused, 1 parked, 1 disabled); 6 need attention" in text
+    assert "accounts: 107 (104 active, 1 paused, 1 parked, 1 disabled); 7 need attention" in text
     assert cell(text, "broken-1", "ATTENTION") == "breaker open, error in the last hour"
-    assert table_rows(text_all) == needing | set(HEALTHY) | {"parked-1"}
+    assert table_rows(text_all) == needing | set(HEALTHY)
     assert "more accounts are healthy" not in text_all
     assert table_rows(text_one) == {"broken-1"}
 
@@ -220,7 +228,7 @@ async def test_a_retired_account_needs_attention_and_leaves_it_when_added_back(
     assert entries["ok-100"]["attention"] == ["retired"]
     assert entries["ok-100"]["jobs"] == {"queued": 1}
     assert removed["account_states"]["retired"] == 1
-    assert removed["account_count"] == 106  # 105 in the file and one retired
+    assert removed["account_count"] == 107  # 106 in the file and one retired
     assert removed["unconfigured_accounts_with_jobs"] == ["ok-100"]
     assert [a["id"] for a in one["accounts"]] == ["ok-100"]
     assert one["accounts"][0]["jobs"] == {"queued": 1}
