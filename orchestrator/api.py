@@ -533,8 +533,8 @@ class ControlApi:
     async def _pause(self, account_id: str, *, paused: bool) -> Response:
         if self._config.account(account_id) is None:
             raise ApiError("unknown_account", f"no account {account_id!r}", status=404)
-        state = await self._store.account_state(account_id)
-        await self._store.save_account_state(replace(state, paused=paused), self._clock.now())
+        # Only the pause column: the shard owns the breaker and cap columns of the same row.
+        await self._store.update_account_state(account_id, self._clock.now(), paused=paused)
         self._on_submitted(account_id)  # wakes the shard, which reads its state again
         if self._routing is not None:
             self._routing.nudge()  # its queued pool jobs may move

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(config.daemon.log_level)
     os.umask(0o077)
     try:
-        anyio.run(Daemon(config).run, backend="asyncio")
+        anyio.run(Daemon(config, owns_process=True).run, backend="asyncio")
     except BaseExceptionGroup as group:
         # Task groups wrap everything; an error of ours (a socket already in use, say) is
         # reported like any other, without a traceback.
