@@ -46,6 +46,9 @@ class ClientGone(Exception):
 
 class SandboxServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops a burst of new connections (a benchmark
+    # opening one per account at once saw read errors); a real API does not.
+    request_queue_size = 128
     allow_reuse_address = True
     block_on_close = False
 
