@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from orchestrator.crypto import generate_key
+from orchestrator.errors import NeedsReauth
 from orchestrator.sandbox import Sandbox, SandboxConfig
 from orchestrator.store import TokenRecord
 from orchestrator.tokens import cooldown, effective_margin, refresh_due
@@ -131,7 +132,7 @@ async def test_invalid_grant_parks_only_that_account(
     config = write_config(
         tmp_path, sandbox, epoch=epoch, client_key=KEY, client_secret=SECRET, accounts=accounts
     )
-    for account in accounts:  # every access token is due for a refresh at start
+    for account in ("acme-us", "acme-de"):  # due for a refresh at start; acme-uk is not yet
         path = tmp_path / "tokens" / f"{account}.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"expires_in": 0}))
     sandbox.set_faults(
@@ -147,8 +148,18 @@ async def test_invalid_grant_parks_only_that_account(
         }
     )
     video = make_video(tmp_path / "a.mp4", 20_000)
-    async with running(config) as (_, client):
-        jobs = {a: await submit(client, account=a, video_path=str(video)) for a in accounts}
+    async with running(config) as (daemon, client):
+        tokens = daemon.tokens
+        assert tokens is not None
+        later = {"acme-uk": daemon.clock.now() + 3600}  # still queued when the account parks
+        jobs = {
+            a: await submit(client, account=a, video_path=str(video), not_before=later.get(a))
+            for a in accounts
+        }
+        # acme-uk's refresh comes after its job is in (a refresh at start would race the
+        # submission): TikTok refuses it with invalid_grant.
+        with pytest.raises(NeedsReauth):
+            await tokens.refresh("acme-uk", stale=await tokens.access_token("acme-uk"))
         assert await until_ended(client, jobs["acme-us"]["id"]) == "published"
         assert await until_ended(client, jobs["acme-de"]["id"]) == "published"
 
