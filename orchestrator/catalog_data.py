@@ -163,7 +163,9 @@ ROWS: tuple[Row, ...] = (
        causes=["A moderation or spam decision against the account."],
        fixes=["Have the creator check their account status in the TikTok app.",
               "Move queued jobs to other accounts; do not retry on this one."]),
-    _e("spam_risk_too_many_pending_share", "api", DOCS, "reroute", counts=True, http=403,
+    # Not the account's health: a full inbox says nothing about direct posts, and opening the
+    # breaker for it stopped those too (found by the long chaos soak).
+    _e("spam_risk_too_many_pending_share", "api", DOCS, "reroute", counts=False, http=403,
        message="The creator's inbox holds too many drafts they have not acted on.",
        causes=["More than 5 inbox shares in 24 h not yet opened and posted by the creator.",
                "A sandbox report says about 6 drafts pending at once trip it."],

@@ -22,7 +22,7 @@ import anyio
 
 from .catalog import classify_error, classify_fail_reason
 from .clock import ClockLike
-from .errors import TikTokApiError, TikTokError, TokenError
+from .errors import NeedsReauth, TikTokApiError, TikTokError, TokenError
 from .jobs import Job, JobState, Mode, next_poll_at
 from .limits import AccountBudgets
 from .logs import fields
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 BATCH = 256
 SWEEP_WINDOW = 86400.0
 CONCURRENCY = 32
+# How often (simulated seconds) a post on an account waiting for re-authorization is asked about.
+PARKED_POLL = 3600.0
 DONE = {Mode.DIRECT: "PUBLISH_COMPLETE", Mode.INBOX: "SEND_TO_USER_INBOX"}
 
 
@@ -231,13 +233,19 @@ class Poller:
                 attempt, now=now, error=exc, error_class=c.entry.error_class.value, known=c.known
             )
         delay = max(self.interval, getattr(exc, "retry_after", None) or 0.0)
+        parked = isinstance(exc, NeedsReauth)
+        if parked:
+            # No token until a person re-authorizes the account (an alert says so already):
+            # ask now and then, not every poll interval with a warning each time.
+            delay = max(delay, PARKED_POLL)
         await self._store.checkpoint(job.id, now, next_poll_at=now + delay)
-        log.warning(
+        log.log(
+            logging.INFO if parked else logging.WARNING,
             "status of %s could not be read: %s",
             job.id,
             exc.message,
             extra=fields(
-                "job.poll_failed",
+                "job.poll_parked" if parked else "job.poll_failed",
                 job=job.id,
                 account=job.account_id,
                 publish_id=job.publish_id,

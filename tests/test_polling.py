@@ -184,3 +184,52 @@ async def test_the_sweep_settles_a_post_the_poller_lost_track_of(
     published = [e for e in detail["timeline"] if e["action"] == "job.published"]
     assert published[0]["detail"]["via"] == "sweep"
     assert_store_matches_ledger(sandbox, [detail["job"]])
+
+
+@pytest.mark.anyio
+async def test_a_post_on_an_account_waiting_for_reauth_is_asked_about_hourly(
+    tmp_path: Path, epoch: float
+) -> None:
+    """Without a token the status cannot be read; the poller waits an hour between tries
+    instead of warning every poll interval until a person re-authorizes the account."""
+    from orchestrator.errors import NeedsReauth
+    from orchestrator.poller import PARKED_POLL
+
+    with Sandbox(
+        SandboxConfig(
+            time_scale=60,
+            epoch=epoch,
+            processing_seconds=100_000.0,
+            client_key=KEY,
+            client_secret=SECRET,
+        )
+    ) as sandbox:
+        config = write_config(tmp_path, sandbox, epoch=epoch, client_key=KEY, client_secret=SECRET)
+        video = make_video(tmp_path / "v.mp4", 20_000)
+        async with running(config) as (daemon, client):
+            job = await submit(client, account="acme-us", video_path=str(video))
+
+            async def processing() -> bool:
+                return (await job_state(client, job["id"]))["job"]["state"] == "processing"
+
+            await wait_for(processing, what="the post to reach processing")
+            tokens, store = daemon.tokens, daemon.store
+            assert tokens is not None and store is not None
+            sandbox.set_faults(
+                {"rules": [{"endpoint": "token", "fault": "oauth_error", "code": "invalid_grant"}]}
+            )
+            with pytest.raises(NeedsReauth):
+                await tokens.refresh("acme-us", stale=await tokens.access_token("acme-us"))
+            asked_at = daemon.clock.now()
+            if daemon.poller is not None:
+                daemon.poller.wake()
+
+            async def parked_poll() -> float | None:
+                row = await store.get_job(job["id"])
+                assert row is not None and row.state.value == "processing"
+                due = row.next_poll_at or 0.0
+                return due if due >= asked_at + PARKED_POLL else None
+
+            await wait_for(parked_poll, what="the poller to back off to an hourly ask")
+    statuses = [r for r in sandbox.requests() if r["endpoint"] == "status"]
+    assert all(r["status"] == 200 for r in statuses), "no status call left without a token"
